@@ -1,0 +1,33 @@
+"""nemo_lite: NVIDIA's Canary-Qwen-2.5B (NeMo SALM) in plain PyTorch + Hugging Face, without NeMo.
+
+Imports are lazy so ``import nemo_lite`` stays fast; torch and transformers load on first use.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "CanaryQwen": "nemo_lite.model",
+    "AudioError": "nemo_lite.audio",
+    "load_audio": "nemo_lite.audio",
+    "CheckpointError": "nemo_lite.weights",
+    "ConfigError": "nemo_lite.config",
+    "SALMConfig": "nemo_lite.config",
+}
+__all__ = ["AudioError", "CanaryQwen", "CheckpointError", "ConfigError", "SALMConfig", "load_audio"]
+
+if TYPE_CHECKING:
+    from .audio import AudioError, load_audio
+    from .config import ConfigError, SALMConfig
+    from .model import CanaryQwen
+    from .weights import CheckpointError
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'nemo_lite' has no attribute {name!r}")

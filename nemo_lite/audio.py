@@ -1,0 +1,107 @@
+"""Audio input: paths, bytes, file objects, numpy arrays and torch tensors -> float32 mono 16 kHz numpy arrays.
+
+Decoding uses soundfile (libsndfile: wav, flac, ogg/vorbis, opus, mp3). Any sample rate is resampled with soxr at
+its high-quality setting (what librosa uses by default). Multi-channel audio is averaged to mono; integer PCM is
+scaled to [-1, 1) the way soundfile does. Every problem raises :class:`AudioError` naming the input.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+
+SAMPLE_RATE = 16000  # Hz, the model's rate
+MAX_CHANNELS = 16  # an array axis this short is read as channels, not time
+
+AudioInput = Union[str, os.PathLike, bytes, np.ndarray, "torch.Tensor", Any]  # noqa: F821  (Any: file objects)
+
+
+class AudioError(ValueError):
+    """An input cannot be turned into audio; the message names the input and the problem."""
+
+
+def describe(item: Any) -> str:
+    """A short name for an input, for error messages and reports."""
+    if isinstance(item, (str, os.PathLike)):
+        return str(item)
+    if isinstance(item, bytes):
+        return f"<{len(item)} bytes>"
+    shape = getattr(item, "shape", None)
+    if shape is not None:
+        return f"<{type(item).__name__} shape={tuple(shape)}>"
+    return f"<{type(item).__name__}>"
+
+
+def _scale_int(x: np.ndarray) -> np.ndarray:
+    """Integer PCM -> float32 in [-1, 1), as soundfile reads it."""
+    if x.dtype == np.uint8:
+        return (x.astype(np.float32) - 128.0) / 128.0
+    return x.astype(np.float32) / float(-np.iinfo(x.dtype).min)
+
+
+def _to_mono(x: np.ndarray, name: str) -> np.ndarray:
+    if x.ndim == 1:
+        return x
+    if x.ndim != 2:
+        raise AudioError(f"{name}: audio must be 1-D (samples) or 2-D (samples x channels), got {x.ndim}-D")
+    if x.shape[1] <= MAX_CHANNELS and x.shape[1] <= x.shape[0]:
+        return x.mean(axis=1)  # (samples, channels), soundfile's layout
+    if x.shape[0] <= MAX_CHANNELS:
+        return x.mean(axis=0)  # (channels, samples), torchaudio's layout
+    raise AudioError(f"{name}: cannot tell channels from samples in a {x.shape} array")
+
+
+def _decode(source: Any, name: str) -> tuple[np.ndarray, int]:
+    import soundfile as sf
+
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.exists():
+            raise AudioError(f"{name}: file not found")
+        if path.is_dir():
+            raise AudioError(f"{name}: is a directory, not an audio file")
+        if path.stat().st_size == 0:
+            raise AudioError(f"{name}: file is empty")
+    try:
+        data, rate = sf.read(source, dtype="float32", always_2d=False)
+    except Exception as err:  # soundfile raises LibsndfileError/RuntimeError/TypeError by format
+        raise AudioError(f"{name}: cannot decode audio ({err})") from err
+    return data, int(rate)
+
+
+def load_audio(item: AudioInput, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """One input -> float32 mono array at 16 kHz. ``sample_rate`` is the rate of array/tensor inputs."""
+    name = describe(item)
+    if isinstance(item, (str, os.PathLike)):
+        data, rate = _decode(item, name)
+    elif isinstance(item, (bytes, bytearray)):
+        data, rate = _decode(io.BytesIO(item), name)
+    elif hasattr(item, "read"):
+        data, rate = _decode(item, name)
+    elif isinstance(item, np.ndarray) or type(item).__module__.startswith("torch"):
+        if not isinstance(item, np.ndarray):
+            item = item.detach().cpu().numpy()
+        data, rate = item, int(sample_rate)
+        if data.dtype.kind in "iu":
+            data = _scale_int(data)
+        elif data.dtype.kind != "f":
+            raise AudioError(f"{name}: array dtype {data.dtype} is not audio (need float or integer PCM)")
+    else:
+        raise AudioError(f"{name}: unsupported input type {type(item).__name__} "
+                         "(use a path, bytes, a file object, a numpy array or a torch tensor)")
+    if rate <= 0:
+        raise AudioError(f"{name}: sample rate must be positive, got {rate}")
+    data = _to_mono(np.asarray(data), name).astype(np.float32, copy=False)
+    if data.size == 0:
+        raise AudioError(f"{name}: audio is empty (0 samples)")
+    if not np.isfinite(data).all():
+        raise AudioError(f"{name}: audio contains NaN or infinite samples")
+    if rate != SAMPLE_RATE:
+        import soxr
+
+        data = soxr.resample(data, rate, SAMPLE_RATE, quality="HQ").astype(np.float32, copy=False)
+    return np.ascontiguousarray(data)

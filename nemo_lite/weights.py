@@ -1,0 +1,142 @@
+"""Checkpoint files and weight loading: find ``config.json`` + ``model.safetensors``, map keys, load strictly.
+
+Key mapping: our module names equal the checkpoint's everywhere except two places, listed in ``KEY_MAP``:
+the FastConformer, whose inner names are transformers' Parakeet names, and the token embedding, which NeMo keeps
+outside the LLM (``embed_tokens.weight``) while we leave it inside it, where Hugging Face expects it.
+
+Loading is strict: every tensor in the file must map to a parameter or buffer of the model with the same shape,
+and every parameter and buffer must be filled. Tensors are read one at a time from the memory-mapped file,
+cast straight to the target dtype and assigned into the meta-device model, so the weights exist once in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, damaged, or does not match the model its config describes."""
+
+
+# (NeMo checkpoint fragment, our fragment), applied in order to keys under ``perception.encoder.``.
+KEY_MAP: list[tuple[str, str]] = [
+    ("perception.encoder.pre_encode.conv.", "perception.encoder.subsampling.layers."),
+    ("perception.encoder.pre_encode.out.", "perception.encoder.subsampling.linear."),
+    (".self_attn.linear_q.", ".self_attn.q_proj."),
+    (".self_attn.linear_k.", ".self_attn.k_proj."),
+    (".self_attn.linear_v.", ".self_attn.v_proj."),
+    (".self_attn.linear_out.", ".self_attn.o_proj."),
+    (".self_attn.linear_pos.", ".self_attn.relative_k_proj."),
+    (".self_attn.pos_bias_u", ".self_attn.bias_u"),
+    (".self_attn.pos_bias_v", ".self_attn.bias_v"),
+    (".conv.batch_norm.", ".conv.norm."),
+]
+NEMO_EMBED_KEY = "embed_tokens.weight"
+
+
+def to_ours(key: str, llm_prefix: str) -> str:
+    """NeMo checkpoint key -> our state_dict key (``llm_prefix`` is where the embedding lives in our LLM)."""
+    if key == NEMO_EMBED_KEY:
+        return llm_prefix + "embed_tokens.weight"
+    if key.startswith("perception.encoder."):
+        for nemo, ours in KEY_MAP:
+            key = key.replace(nemo, ours)
+    return key
+
+
+def to_nemo(key: str, llm_prefix: str) -> str:
+    """Our state_dict key -> NeMo checkpoint key (inverse of :func:`to_ours`)."""
+    if key == llm_prefix + "embed_tokens.weight":
+        return NEMO_EMBED_KEY
+    if key.startswith("perception.encoder."):
+        for nemo, ours in reversed(KEY_MAP):
+            key = key.replace(ours, nemo)
+    return key
+
+
+def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
+    """A local directory in the hub layout, or a hub repo id downloaded (and cached) with huggingface_hub."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        for name in (CONFIG_FILE, WEIGHTS_FILE):
+            if not (path / name).is_file():
+                raise CheckpointError(f"{path} has no {name}: a checkpoint directory needs {CONFIG_FILE} and "
+                                      f"{WEIGHTS_FILE} (the layout of the hub repo nvidia/canary-qwen-2.5b)")
+        return path
+    if path.exists() or str(name_or_path).count("/") != 1:
+        raise CheckpointError(f"{name_or_path!r} is neither a checkpoint directory nor a hub repo id (owner/name)")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(str(name_or_path), allow_patterns=[CONFIG_FILE, WEIGHTS_FILE]))
+    except Exception as err:  # offline, unknown repo, auth: all end the same way for the user
+        raise CheckpointError(
+            f"could not fetch {name_or_path!r} from the Hugging Face hub ({type(err).__name__}: {err}).\n"
+            f"If the hub is unreachable, point at a local copy instead: a directory holding {CONFIG_FILE} and "
+            f"{WEIGHTS_FILE}, e.g. CanaryQwen.from_pretrained('/path/to/canary-qwen-2.5b') or "
+            f"`nemo-lite transcribe --model /path/to/canary-qwen-2.5b FILE`."
+        ) from err
+
+
+def read_config(ckpt_dir: Path) -> dict:
+    try:
+        return json.loads((ckpt_dir / CONFIG_FILE).read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{ckpt_dir / CONFIG_FILE} is not valid JSON: {err}") from err
+
+
+def read_state_dict(
+    path: Path, expected: dict[str, torch.Size], llm_prefix: str, dtype: torch.dtype, device: torch.device,
+    keep_fp32: tuple[str, ...] = (),
+) -> dict[str, torch.Tensor]:
+    """Read every tensor of ``path``, mapped to our keys and cast to ``dtype`` on ``device``; check them all.
+
+    ``expected`` maps our keys to shapes. Integer tensors keep their dtype; keys starting with one of
+    ``keep_fp32`` stay fp32 (the mel window and filterbank).
+    """
+    try:
+        handle = safe_open(str(path), framework="pt", device="cpu")
+    except Exception as err:
+        raise CheckpointError(f"{path} cannot be read as safetensors (truncated or corrupt?): {err}") from err
+    out: dict[str, torch.Tensor] = {}
+    with handle as f:
+        file_keys = list(f.keys())
+        unexpected = [k for k in file_keys if to_ours(k, llm_prefix) not in expected]
+        if unexpected:
+            raise CheckpointError(f"{path}: {len(unexpected)} tensor(s) the model does not have, e.g. "
+                                  f"{unexpected[:5]}")
+        for key in file_keys:
+            ours = to_ours(key, llm_prefix)
+            try:
+                t = f.get_tensor(key)
+            except Exception as err:
+                raise CheckpointError(f"{path}: tensor {key!r} cannot be read (truncated file?): {err}") from err
+            if t.shape != expected[ours]:
+                raise CheckpointError(f"{path}: tensor {key!r} has shape {tuple(t.shape)}, the model expects "
+                                      f"{tuple(expected[ours])}")
+            if t.is_floating_point():
+                t = t.to(device=device, dtype=torch.float32 if ours.startswith(keep_fp32) else dtype)
+            else:
+                t = t.to(device=device)
+            out[ours] = t
+    missing = sorted(set(expected) - set(out))
+    if missing:
+        raise CheckpointError(f"{path}: {len(missing)} tensor(s) missing, e.g. {missing[:5]}")
+    return out
+
+
+def check_no_meta(model: torch.nn.Module) -> None:
+    """Fail if any parameter or buffer was left unfilled on the meta device."""
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:
+        raise CheckpointError(f"model tensors not filled by the checkpoint: {left[:5]}")
+
+
