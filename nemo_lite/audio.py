@@ -3,6 +3,9 @@
 Decoding uses soundfile (libsndfile: wav, flac, ogg/vorbis, opus, mp3). Any sample rate is resampled with soxr at
 its high-quality setting (what librosa uses by default). Multi-channel audio is averaged to mono; integer PCM is
 scaled to [-1, 1) the way soundfile does. Every problem raises :class:`AudioError` naming the input.
+
+Clips shorter than :data:`MIN_SAMPLES` are not rejected here; :func:`pad_to_minimum` zero-pads them for the model
+(see its docstring for why). :data:`AUDIO_EXTENSIONS` lists what a directory scan picks up.
 """
 
 from __future__ import annotations
@@ -16,12 +19,24 @@ import numpy as np
 
 SAMPLE_RATE = 16000  # Hz, the model's rate
 MAX_CHANNELS = 16  # an array axis this short is read as channels, not time
+HOP = 160  # mel hop: 10 ms at 16 kHz
+MIN_SAMPLES = 2 * HOP  # 20 ms = 2 valid mel frames, the fewest that give a per-feature std (unbiased: n - 1 > 0)
+# Extensions libsndfile decodes (wav/flac/ogg-vorbis/opus/mp3 and the older PCM containers); no m4a/aac.
+AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc", ".au",
+                              ".snd", ".caf", ".w64", ".rf64"})
 
 AudioInput = Union[str, os.PathLike, bytes, np.ndarray, "torch.Tensor", Any]  # noqa: F821  (Any: file objects)
 
 
 class AudioError(ValueError):
-    """An input cannot be turned into audio; the message names the input and the problem."""
+    """An input cannot be turned into audio; the message names the input and the problem.
+
+    ``failures``: for a batch, ``(index, message)`` per bad input, so callers can tell which ones failed.
+    """
+
+    def __init__(self, message: str, failures: list[tuple[int, str]] | None = None) -> None:
+        super().__init__(message)
+        self.failures = failures or []
 
 
 def describe(item: Any) -> str:
@@ -84,7 +99,10 @@ def load_audio(item: AudioInput, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
         data, rate = _decode(item, name)
     elif isinstance(item, np.ndarray) or type(item).__module__.startswith("torch"):
         if not isinstance(item, np.ndarray):
-            item = item.detach().cpu().numpy()
+            item = item.detach().cpu()
+            if str(item.dtype) == "torch.bfloat16":  # numpy has no bfloat16
+                item = item.float()
+            item = item.numpy()
         data, rate = item, int(sample_rate)
         if data.dtype.kind in "iu":
             data = _scale_int(data)
@@ -105,3 +123,25 @@ def load_audio(item: AudioInput, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
 
         data = soxr.resample(data, rate, SAMPLE_RATE, quality="HQ").astype(np.float32, copy=False)
     return np.ascontiguousarray(data)
+
+
+def pad_to_minimum(audio: np.ndarray) -> np.ndarray:
+    """Zero-pad a clip shorter than :data:`MIN_SAMPLES` (20 ms) at its end; longer clips are returned unchanged.
+
+    Below 160 samples the front end yields no mel frame, so the audio would vanish from the prompt; with one
+    frame the per-feature std is undefined (NeMo divides by n - 1 = 0). Two frames is the least that normalises.
+    """
+    if len(audio) >= MIN_SAMPLES:
+        return audio
+    return np.pad(audio, (0, MIN_SAMPLES - len(audio)))  # (MIN_SAMPLES,)
+
+
+def probe_duration(path: str | os.PathLike) -> float | None:
+    """Seconds of audio in a file from its header alone (no decoding); None when the header cannot be read."""
+    import soundfile as sf
+
+    try:
+        info = sf.info(str(path))
+    except Exception:  # unreadable: the real error is reported when the file is loaded
+        return None
+    return info.frames / info.samplerate if info.samplerate > 0 else None

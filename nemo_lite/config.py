@@ -212,7 +212,9 @@ class SALMConfig:
     _IGNORED = {"pretrained_asr", "pretrained_weights", "freeze_params", "prevent_freeze_params", "optimizer",
                 "lr_scheduler", "trust_remote_code", "pretrained_s2s_model", "pretrained_perception_from_s2s",
                 "activation_checkpointing", "torch_dtype", "trainer", "data", "exp_manager", "_target_", "target",
-                "encoder_chunk_size_seconds"}
+                "encoder_chunk_size_seconds",
+                # written by NeMo's save_pretrained so transformers/vLLM can identify the repo
+                "model_type", "architectures"}
 
     @classmethod
     def from_nemo(cls, cfg: dict) -> SALMConfig:

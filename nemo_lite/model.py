@@ -23,7 +23,15 @@ from .injection import build_inputs_embeds
 from .llm import adapter_disabled, base_causal_lm, build_llm, finish_after_load, input_embeddings
 from .projection import Perception
 from .prompts import Turn, asr_prompt, encode_dialog
-from .weights import WEIGHTS_FILE, CheckpointError, check_no_meta, read_config, read_state_dict, resolve_checkpoint
+from .weights import (
+    WEIGHTS_FILE,
+    CheckpointError,
+    check_no_meta,
+    local_artifacts,
+    read_config,
+    read_state_dict,
+    resolve_checkpoint,
+)
 
 PREPROCESSOR_PREFIX = "perception.preprocessor."  # window + filterbank: always fp32, as NeMo uses them
 
@@ -62,7 +70,7 @@ class CanaryQwen(nn.Module):
         device = torch.device(device or "cpu")
         dtype = _resolve_dtype(dtype, device)
         ckpt = resolve_checkpoint(name_or_path)
-        cfg = SALMConfig.from_nemo(read_config(ckpt))
+        cfg = SALMConfig.from_nemo(local_artifacts(ckpt, read_config(ckpt)))
         llm_config, tokenizer = _load_llm_config_and_tokenizer(cfg, llm_path)
         model = cls(cfg, llm_config, tokenizer)
         model._load_weights(ckpt / WEIGHTS_FILE, dtype, device)

@@ -117,6 +117,13 @@ def mel_buffers(n_mels: int = 128, n_fft: int = 512, win: int = 400, sr: int = 1
     }
 
 
+def tensor_digest(t: torch.Tensor) -> str:
+    """Short sha256 of a tensor's bytes (dtype-exact), to prove two checkpoints hold identical tensors."""
+    import hashlib
+
+    return hashlib.sha256(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest()[:16]
+
+
 def random_tensor(key: str, shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
     """Deterministic values for a checkpoint tensor, chosen by its name so every stage is non-degenerate."""
     gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(key.encode()))
@@ -131,7 +138,7 @@ def random_tensor(key: str, shape: tuple[int, ...], seed: int = 0) -> torch.Tens
     if len(shape) == 1:  # norm weights
         return 1.0 + 0.1 * randn
     if "embed_tokens" in key:
-        return 0.5 * randn
+        return 0.02 * randn  # small next to the layer outputs, so a tied head does not just echo its input
     if "lora_B" in key:  # NeMo inits B to zero; random here so a loader that drops LoRA fails the tests
         return randn / math.sqrt(shape[1])
     fan_in = math.prod(shape[1:])

@@ -20,6 +20,9 @@ from safetensors import safe_open
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+LLM_BACKBONE_DIR = "llm_backbone"  # NeMo: an LLM config saved beside the checkpoint
+TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "vocab.json", "merges.txt", "special_tokens_map.json",
+                   "added_tokens.json")
 
 
 class CheckpointError(RuntimeError):
@@ -76,7 +79,8 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(str(name_or_path), allow_patterns=[CONFIG_FILE, WEIGHTS_FILE]))
+        patterns = [CONFIG_FILE, WEIGHTS_FILE, *TOKENIZER_FILES, f"{LLM_BACKBONE_DIR}/*"]
+        return Path(snapshot_download(str(name_or_path), allow_patterns=patterns))
     except Exception as err:  # offline, unknown repo, auth: all end the same way for the user
         raise CheckpointError(
             f"could not fetch {name_or_path!r} from the Hugging Face hub ({type(err).__name__}: {err}).\n"
@@ -91,6 +95,17 @@ def read_config(ckpt_dir: Path) -> dict:
         return json.loads((ckpt_dir / CONFIG_FILE).read_text())
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{ckpt_dir / CONFIG_FILE} is not valid JSON: {err}") from err
+
+
+def local_artifacts(ckpt_dir: Path, cfg: dict) -> dict:
+    """Point the config at a tokenizer / LLM config saved beside the checkpoint, as NeMo's
+    ``_inject_local_artifact_paths`` does (nemo/collections/speechlm2/parts/hf_hub.py)."""
+    cfg = dict(cfg)
+    if (ckpt_dir / "tokenizer_config.json").is_file() and "pretrained_llm" in cfg:
+        cfg["tokenizer_path"] = str(ckpt_dir)
+    if (ckpt_dir / LLM_BACKBONE_DIR / CONFIG_FILE).is_file() and "pretrained_llm" in cfg:
+        cfg["pretrained_llm"] = str(ckpt_dir / LLM_BACKBONE_DIR)
+    return cfg
 
 
 def read_state_dict(

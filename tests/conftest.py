@@ -1,0 +1,72 @@
+"""Shared fixtures: offline random-weight checkpoints (tiny) and the NeMo-parity checkpoint regenerated from
+tests/fixtures/tiny (made by scripts/make_parity_fixtures.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from safetensors.torch import load_file, save_file
+
+from nemo_lite import testing
+
+ROOT = Path(__file__).resolve().parent
+DATA = ROOT / "data"
+FIXTURES = ROOT / "fixtures" / "tiny"
+
+
+@pytest.fixture(scope="session")
+def llm_dir(tmp_path_factory) -> Path:
+    return testing.write_llm_dir(tmp_path_factory.mktemp("llm"), testing.TINY_QWEN3)
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory, llm_dir) -> Path:
+    """A tiny random checkpoint in the hub layout written by nemo_lite.testing."""
+    return testing.write_checkpoint(tmp_path_factory.mktemp("ckpt"), testing.tiny_salm_config(llm_dir))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_ckpt):
+    from nemo_lite import CanaryQwen
+
+    return CanaryQwen.from_pretrained(tiny_ckpt)
+
+
+@pytest.fixture(scope="session")
+def parity_meta() -> dict:
+    return json.loads((FIXTURES / "meta.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def parity_ckpt(tmp_path_factory, llm_dir, parity_meta) -> Path:
+    """The checkpoint NeMo ran, rebuilt from its key manifest, NeMo's mel buffers and the seeded recipe."""
+    path = tmp_path_factory.mktemp("parity_ckpt")
+    cfg = json.loads((FIXTURES / "config.json").read_text())
+    cfg["pretrained_llm"] = str(llm_dir)
+    shapes = {k: tuple(v) for k, v in json.loads((FIXTURES / "keys.json").read_text()).items()}
+    fixed = load_file(str(FIXTURES / "mel_buffers.safetensors"))
+    save_file(testing.random_state(shapes, parity_meta["seed"], fixed), str(path / "model.safetensors"))
+    (path / "config.json").write_text(json.dumps(cfg))
+    return path
+
+
+@pytest.fixture(scope="session")
+def parity_model(parity_ckpt):
+    from nemo_lite import CanaryQwen
+
+    return CanaryQwen.from_pretrained(parity_ckpt)
+
+
+@pytest.fixture(scope="session")
+def expected() -> dict:
+    return json.loads((FIXTURES / "expected.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def clips() -> dict[str, np.ndarray]:
+    """The shipped test clips, as float32 arrays read exactly as the fixture script read them."""
+    return {p.stem: sf.read(p, dtype="float32")[0] for p in sorted(DATA.glob("*.wav"))}
