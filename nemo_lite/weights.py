@@ -5,18 +5,18 @@ the FastConformer, whose inner names are transformers' Parakeet names, and the t
 outside the LLM (``embed_tokens.weight``) while we leave it inside it, where Hugging Face expects it.
 
 Loading is strict: every tensor in the file must map to a parameter or buffer of the model with the same shape,
-and every parameter and buffer must be filled. Tensors are read one at a time from the memory-mapped file,
+and every parameter and buffer must be filled. Tensors are read one at a time with plain file reads,
 cast straight to the target dtype and assigned into the meta-device model, so the weights exist once in memory.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -108,6 +108,47 @@ def local_artifacts(ckpt_dir: Path, cfg: dict) -> dict:
     return cfg
 
 
+# safetensors dtype names -> torch dtypes
+SAFETENSORS_DTYPES = {
+    "BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+}
+HEADER_LEN_BYTES = 8  # little-endian u64 size of the JSON header that opens a safetensors file
+
+
+def read_header(path: Path) -> tuple[dict[str, dict], int]:
+    """Parse and validate a safetensors header: {key: {dtype, shape, data_offsets}}, offset of the data block.
+
+    Every tensor's byte range must match its dtype and shape and lie inside the file, so a truncated or
+    corrupt file fails here, naming the first tensor that is cut off.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        raw = f.read(HEADER_LEN_BYTES)
+        n = int.from_bytes(raw, "little") if len(raw) == HEADER_LEN_BYTES else -1
+        if n <= 0 or HEADER_LEN_BYTES + n > size:
+            raise CheckpointError(f"{path} is not a safetensors file or is truncated (header of {n} bytes, "
+                                  f"file of {size} bytes)")
+        try:
+            header = json.loads(f.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise CheckpointError(f"{path}: corrupt safetensors header ({err})") from err
+    header.pop("__metadata__", None)
+    start = HEADER_LEN_BYTES + n
+    for key, info in header.items():
+        dtype = SAFETENSORS_DTYPES.get(info.get("dtype"))
+        if dtype is None:
+            raise CheckpointError(f"{path}: tensor {key!r} has unsupported dtype {info.get('dtype')!r}")
+        begin, end = info["data_offsets"]
+        nbytes = math.prod(info["shape"]) * dtype.itemsize
+        if end - begin != nbytes:
+            raise CheckpointError(f"{path}: tensor {key!r} spans {end - begin} bytes, its shape needs {nbytes}")
+        if start + end > size:
+            raise CheckpointError(f"{path} is truncated: tensor {key!r} ends at byte {start + end}, "
+                                  f"the file has {size}")
+    return header, start
+
+
 def read_state_dict(
     path: Path, expected: dict[str, torch.Size], llm_prefix: str, dtype: torch.dtype, device: torch.device,
     keep_fp32: tuple[str, ...] = (),
@@ -115,36 +156,40 @@ def read_state_dict(
     """Read every tensor of ``path``, mapped to our keys and cast to ``dtype`` on ``device``; check them all.
 
     ``expected`` maps our keys to shapes. Integer tensors keep their dtype; keys starting with one of
-    ``keep_fp32`` stay fp32 (the mel window and filterbank).
+    ``keep_fp32`` stay fp32 (the mel window and filterbank). Tensors are read with plain file reads, one at a
+    time, rather than through a memory map: mapped pages count in the process's resident memory, so mapping a
+    5 GB file while building a 10 GB fp32 model would push the peak to 15 GB.
     """
-    try:
-        handle = safe_open(str(path), framework="pt", device="cpu")
-    except Exception as err:
-        raise CheckpointError(f"{path} cannot be read as safetensors (truncated or corrupt?): {err}") from err
+    header, start = read_header(path)
+    unexpected = [k for k in header if to_ours(k, llm_prefix) not in expected]
+    if unexpected:
+        raise CheckpointError(f"{path}: {len(unexpected)} tensor(s) the model does not have, e.g. {unexpected[:5]}")
+    wrong = [(k, v["shape"], tuple(expected[to_ours(k, llm_prefix)])) for k, v in header.items()
+             if tuple(v["shape"]) != tuple(expected[to_ours(k, llm_prefix)])]
+    if wrong:
+        key, got, want = wrong[0]
+        raise CheckpointError(f"{path}: tensor {key!r} has shape {tuple(got)}, the model expects {want}")
+    missing = sorted(set(expected) - {to_ours(k, llm_prefix) for k in header})
+    if missing:
+        names = [to_nemo(k, llm_prefix) for k in missing[:5]]
+        raise CheckpointError(f"{path}: {len(missing)} tensor(s) missing, e.g. {names}")
     out: dict[str, torch.Tensor] = {}
-    with handle as f:
-        file_keys = list(f.keys())
-        unexpected = [k for k in file_keys if to_ours(k, llm_prefix) not in expected]
-        if unexpected:
-            raise CheckpointError(f"{path}: {len(unexpected)} tensor(s) the model does not have, e.g. "
-                                  f"{unexpected[:5]}")
-        for key in file_keys:
+    with open(path, "rb") as f:
+        for key, info in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
+            begin, end = info["data_offsets"]
+            f.seek(start + begin)
+            buf = bytearray(end - begin)
+            if f.readinto(buf) != len(buf):
+                raise CheckpointError(f"{path}: tensor {key!r} cannot be read in full (file changed?)")
+            t = torch.frombuffer(buf, dtype=SAFETENSORS_DTYPES[info["dtype"]]) if buf else \
+                torch.empty(0, dtype=SAFETENSORS_DTYPES[info["dtype"]])
+            t = t.reshape(info["shape"])
             ours = to_ours(key, llm_prefix)
-            try:
-                t = f.get_tensor(key)
-            except Exception as err:
-                raise CheckpointError(f"{path}: tensor {key!r} cannot be read (truncated file?): {err}") from err
-            if t.shape != expected[ours]:
-                raise CheckpointError(f"{path}: tensor {key!r} has shape {tuple(t.shape)}, the model expects "
-                                      f"{tuple(expected[ours])}")
             if t.is_floating_point():
                 t = t.to(device=device, dtype=torch.float32 if ours.startswith(keep_fp32) else dtype)
             else:
                 t = t.to(device=device)
             out[ours] = t
-    missing = sorted(set(expected) - set(out))
-    if missing:
-        raise CheckpointError(f"{path}: {len(missing)} tensor(s) missing, e.g. {missing[:5]}")
     return out
 
 
