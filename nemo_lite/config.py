@@ -50,20 +50,19 @@ class PreprocessorConfig:
 
     # NeMo options with the only values we implement; anything else raises in from_nemo().
     _FIXED = {
-        "window": ("hann",),
         "normalize": ("per_feature",),
         "log": (True,),
         "log_zero_guard_type": ("add",),
         "frame_splicing": (1,),
         "exact_pad": (False,),
-        "mel_norm": ("slaney",),
         "nb_augmentation_prob": (0.0, 0),
         "use_torchaudio": (False,),
         "stft_exact_pad": (False,),
         "stft_conv": (False,),
     }
-    # Training-only keys: they do not change eval-mode features.
-    _IGNORED = {"_target_", "target", "dither", "rng", "nb_max_freq", "lowfreq", "highfreq"}
+    # Training-only keys (dither, rng, nb_*), and keys that only shape the window and filterbank, which are read
+    # from the checkpoint rather than recomputed (window, lowfreq, highfreq, mel_norm).
+    _IGNORED = {"_target_", "target", "dither", "rng", "nb_max_freq", "lowfreq", "highfreq", "window", "mel_norm"}
 
     @classmethod
     def from_nemo(cls, cfg: dict) -> PreprocessorConfig:
