@@ -17,13 +17,17 @@ _EXPORTS = {
     "CheckpointError": "nemo_lite.weights",
     "ConfigError": "nemo_lite.config",
     "SALMConfig": "nemo_lite.config",
+    "Segment": "nemo_lite.transcription",
+    "Transcript": "nemo_lite.transcription",
 }
-__all__ = ["AudioError", "CanaryQwen", "CheckpointError", "ConfigError", "SALMConfig", "load_audio"]
+__all__ = ["AudioError", "CanaryQwen", "CheckpointError", "ConfigError", "SALMConfig", "Segment", "Transcript",
+           "load_audio"]
 
 if TYPE_CHECKING:
     from .audio import AudioError, load_audio
     from .config import ConfigError, SALMConfig
     from .model import CanaryQwen
+    from .transcription import Segment, Transcript
     from .weights import CheckpointError
 
 

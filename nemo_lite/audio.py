@@ -1,8 +1,10 @@
 """Audio input: paths, bytes, file objects, numpy arrays and torch tensors -> float32 mono 16 kHz numpy arrays.
 
-Decoding uses soundfile (libsndfile: wav, flac, ogg/vorbis, opus, mp3). Any sample rate is resampled with soxr at
-its high-quality setting (what librosa uses by default). Multi-channel audio is averaged to mono; integer PCM is
-scaled to [-1, 1) the way soundfile does. Every problem raises :class:`AudioError` naming the input.
+Decoding uses soundfile (libsndfile: wav, flac, ogg/vorbis, opus, mp3), streamed block by block so a long file never
+sits in memory at its own rate and channel count. Any sample rate is resampled with soxr at its high-quality setting
+(what librosa uses by default); files and arrays get bit-identical resampling. Multi-channel audio is averaged to
+mono; integer PCM is scaled to [-1, 1) the way soundfile does. Every problem raises :class:`AudioError` naming
+the input.
 
 Clips shorter than :data:`MIN_SAMPLES` are not rejected here; :func:`pad_to_minimum` zero-pads them for the model
 (see its docstring for why). :data:`AUDIO_EXTENSIONS` lists what a directory scan picks up.
@@ -19,6 +21,8 @@ import numpy as np
 
 SAMPLE_RATE = 16000  # Hz, the model's rate
 MAX_CHANNELS = 16  # an array axis this short is read as channels, not time
+BLOCK = 1 << 20  # frames decoded/checked at a time: ~1 M (22 s at 48 kHz) bounds temporaries for long files
+UNKNOWN_FRAMES = 1 << 40  # a frame count this large is libsndfile's "unknown" (non-seekable stream), not a length
 HOP = 160  # mel hop: 10 ms at 16 kHz
 MIN_SAMPLES = 2 * HOP  # 20 ms = 2 valid mel frames, the fewest that give a per-feature std (unbiased: n - 1 > 0)
 # Extensions libsndfile decodes (wav/flac/ogg-vorbis/opus/mp3 and the older PCM containers); no m4a/aac.
@@ -70,58 +74,98 @@ def _to_mono(x: np.ndarray, name: str) -> np.ndarray:
     raise AudioError(f"{name}: cannot tell channels from samples in a {x.shape} array")
 
 
-def _decode(source: Any, name: str) -> tuple[np.ndarray, int]:
+def _check_path(path: Path, name: str) -> None:
+    if not path.exists():
+        raise AudioError(f"{name}: file not found")
+    if path.is_dir():
+        raise AudioError(f"{name}: is a directory, not an audio file")
+    if path.stat().st_size == 0:
+        raise AudioError(f"{name}: file is empty")
+
+
+def _check_finite(x: np.ndarray, name: str) -> None:
+    for i in range(0, len(x), BLOCK):  # blockwise: no bool temporary as long as the recording
+        if not np.isfinite(x[i:i + BLOCK]).all():
+            raise AudioError(f"{name}: audio contains NaN or infinite samples")
+
+
+def _decode(source: Any, name: str) -> np.ndarray:
+    """A file -> float32 mono at 16 kHz, streamed: decode, mix down and resample ``BLOCK`` frames at a time.
+
+    Peak memory is the 16 kHz output plus one block, not the file's full-rate multi-channel samples.
+    soxr's streaming resampler gives bit-identical output to :func:`soxr.resample` on the whole signal.
+    """
     import soundfile as sf
+    import soxr
 
     if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if not path.exists():
-            raise AudioError(f"{name}: file not found")
-        if path.is_dir():
-            raise AudioError(f"{name}: is a directory, not an audio file")
-        if path.stat().st_size == 0:
-            raise AudioError(f"{name}: file is empty")
+        _check_path(Path(source), name)
     try:
-        data, rate = sf.read(source, dtype="float32", always_2d=False)
+        with sf.SoundFile(source) as f:
+            rate = int(f.samplerate)
+            stream = None if rate == SAMPLE_RATE else soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32",
+                                                                          quality="HQ")
+            frames = f.frames if 0 <= f.frames < UNKNOWN_FRAMES else BLOCK  # streams may report SF_COUNT_MAX
+            out = np.empty(int(np.ceil(frames * SAMPLE_RATE / rate)) + 64, dtype=np.float32)
+            n = 0
+            for block in f.blocks(blocksize=BLOCK, dtype="float32", always_2d=True):  # (frames, channels)
+                mono = block.mean(axis=1) if block.shape[1] > 1 else block[:, 0]  # (frames,)
+                _check_finite(mono, name)
+                out, n = _append(out, n, stream.resample_chunk(mono) if stream else mono)
+            if stream is not None:
+                out, n = _append(out, n, stream.resample_chunk(np.zeros(0, np.float32), last=True))
+    except AudioError:
+        raise
     except Exception as err:  # soundfile raises LibsndfileError/RuntimeError/TypeError by format
         raise AudioError(f"{name}: cannot decode audio ({err})") from err
-    return data, int(rate)
+    return out[:n] if len(out) - n <= BLOCK else out[:n].copy()  # a big unused tail is not kept alive
+
+
+def _append(out: np.ndarray, n: int, piece: np.ndarray) -> tuple[np.ndarray, int]:
+    """Write ``piece`` at ``out[n:]``, growing ``out`` if the header's frame count was short (rare: mp3)."""
+    if n + len(piece) > len(out):
+        out = np.concatenate([out[:n], np.empty(max(len(piece), len(out) // 2), dtype=np.float32)])
+    out[n:n + len(piece)] = piece
+    return out, n + len(piece)
+
+
+def _from_array(item: Any, name: str) -> np.ndarray:
+    """A numpy array or torch tensor -> float32 (integer PCM scaled), channels still present."""
+    if not isinstance(item, np.ndarray):
+        item = item.detach().cpu()
+        if str(item.dtype) == "torch.bfloat16":  # numpy has no bfloat16
+            item = item.float()
+        item = item.numpy()
+    if item.dtype.kind in "iu":
+        return _scale_int(item)
+    if item.dtype.kind != "f":
+        raise AudioError(f"{name}: array dtype {item.dtype} is not audio (need float or integer PCM)")
+    return item
 
 
 def load_audio(item: AudioInput, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """One input -> float32 mono array at 16 kHz. ``sample_rate`` is the rate of array/tensor inputs."""
     name = describe(item)
     if isinstance(item, (str, os.PathLike)):
-        data, rate = _decode(item, name)
+        data = _decode(item, name)
     elif isinstance(item, (bytes, bytearray)):
-        data, rate = _decode(io.BytesIO(item), name)
+        data = _decode(io.BytesIO(item), name)
     elif hasattr(item, "read"):
-        data, rate = _decode(item, name)
+        data = _decode(item, name)
     elif isinstance(item, np.ndarray) or type(item).__module__.startswith("torch"):
-        if not isinstance(item, np.ndarray):
-            item = item.detach().cpu()
-            if str(item.dtype) == "torch.bfloat16":  # numpy has no bfloat16
-                item = item.float()
-            item = item.numpy()
-        data, rate = item, int(sample_rate)
-        if data.dtype.kind in "iu":
-            data = _scale_int(data)
-        elif data.dtype.kind != "f":
-            raise AudioError(f"{name}: array dtype {data.dtype} is not audio (need float or integer PCM)")
+        if int(sample_rate) <= 0:
+            raise AudioError(f"{name}: sample rate must be positive, got {sample_rate}")
+        data = _to_mono(_from_array(item, name), name).astype(np.float32, copy=False)
+        _check_finite(data, name)
+        if int(sample_rate) != SAMPLE_RATE and data.size:
+            import soxr
+
+            data = soxr.resample(data, int(sample_rate), SAMPLE_RATE, quality="HQ").astype(np.float32, copy=False)
     else:
         raise AudioError(f"{name}: unsupported input type {type(item).__name__} "
                          "(use a path, bytes, a file object, a numpy array or a torch tensor)")
-    if rate <= 0:
-        raise AudioError(f"{name}: sample rate must be positive, got {rate}")
-    data = _to_mono(np.asarray(data), name).astype(np.float32, copy=False)
     if data.size == 0:
         raise AudioError(f"{name}: audio is empty (0 samples)")
-    if not np.isfinite(data).all():
-        raise AudioError(f"{name}: audio contains NaN or infinite samples")
-    if rate != SAMPLE_RATE:
-        import soxr
-
-        data = soxr.resample(data, rate, SAMPLE_RATE, quality="HQ").astype(np.float32, copy=False)
     return np.ascontiguousarray(data)
 
 

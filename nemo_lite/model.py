@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import decoding
-from .audio import SAMPLE_RATE, AudioInput, load_audio
+from . import decoding, speed
+from .audio import SAMPLE_RATE, AudioInput, load_audio, pad_to_minimum
 from .config import SALMConfig
 from .injection import build_inputs_embeds
 from .llm import adapter_disabled, base_causal_lm, build_llm, finish_after_load, input_embeddings
@@ -51,6 +51,7 @@ class CanaryQwen(nn.Module):
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.unk_token_id
         if self.pad_id is None:
             self.pad_id = 0  # NeMo falls back to id 0 too (SALM.text_pad_id)
+        self.merged_lora = False  # speed mode: LoRA folded into the weights (see nemo_lite.speed)
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -60,13 +61,24 @@ class CanaryQwen(nn.Module):
         device: str | torch.device | None = None,
         dtype: torch.dtype | str | None = None,
         llm_path: str | os.PathLike | None = None,
+        quantize: str | None = None,
+        merge_lora: bool = False,
     ) -> CanaryQwen:
         """Load a checkpoint in the hub layout (``config.json`` + ``model.safetensors``), from a dir or the hub.
 
         ``device``: "cpu" (default), "cuda", "mps", ... ``dtype``: compute dtype; default fp32 on CPU (NeMo's
         compute, exact parity), bf16 elsewhere. ``llm_path``: where the LLM config + tokenizer live when the
         checkpoint's ``pretrained_llm`` (e.g. ``Qwen/Qwen3-1.7B``) cannot be reached.
+
+        Speed modes (see :mod:`nemo_lite.speed`; exact = the defaults): ``dtype="bf16"`` halves weight memory;
+        ``quantize="int8"`` (CPU) quantizes the LLM's linear layers dynamically; ``merge_lora=True`` folds the
+        LoRA adapter into the weights for ASR and unfolds it for LLM mode.
         """
+        if quantize not in speed.QUANT_MODES:
+            raise ValueError(f"quantize={quantize!r} not supported; use one of {speed.QUANT_MODES}")
+        if quantize and merge_lora:
+            raise ValueError("merge_lora cannot be combined with quantize: int8 weights cannot be unmerged for "
+                             "LLM mode (int8 keeps LoRA as a cheap float side path instead)")
         device = torch.device(device or "cpu")
         dtype = _resolve_dtype(dtype, device)
         ckpt = resolve_checkpoint(name_or_path)
@@ -74,7 +86,15 @@ class CanaryQwen(nn.Module):
         llm_config, tokenizer = _load_llm_config_and_tokenizer(cfg, llm_path)
         model = cls(cfg, llm_config, tokenizer)
         model._load_weights(ckpt / WEIGHTS_FILE, dtype, device)
-        return model.eval()
+        model.eval()
+        if merge_lora:
+            speed.merge_lora(model.llm)
+            model.merged_lora = True
+        if quantize == "int8":
+            if device.type != "cpu":
+                raise ValueError("quantize='int8' is a CPU mode; on GPU use dtype='bf16'")
+            speed.quantize_int8(model.llm)
+        return model
 
     def _load_weights(self, path, dtype: torch.dtype, device: torch.device) -> None:
         lm = base_causal_lm(self.llm)
@@ -129,7 +149,9 @@ class CanaryQwen(nn.Module):
         (``<|audioplaceholder|>``) may appear anywhere, several times; ``audios`` are consumed in tag order.
         Without ``prompts``, each audio gets the ASR prompt. Rows without audio run the plain LLM (LoRA off).
         """
-        arrays = [load_audio(a, sample_rate) for a in (audios or [])]
+        # Deliberate departure from NeMo: clips under 20 ms are zero-padded to 20 ms; NeMo would give them no
+        # audio frame (< 160 samples) or a NaN std (1 mel frame) (nemo/collections/asr/parts/preprocessing/features.py).
+        arrays = [pad_to_minimum(load_audio(a, sample_rate)) for a in (audios or [])]
         if prompts is None:
             if not arrays:
                 raise ValueError("generate() needs prompts, audios, or both")
@@ -156,6 +178,8 @@ class CanaryQwen(nn.Module):
         embeds, mask = build_inputs_embeds(rows, input_embeddings(self.llm), self.audio_tag_id, audio_embeds)
         options = decoding.GreedyOptions(max_new_tokens=max_new_tokens, eos_id=self.eos_id, pad_id=self.pad_id)
         if flat:
+            if self.merged_lora:
+                speed.ensure_merged(self.llm)
             return decoding.greedy(self.llm, embeds, mask, options)
         with adapter_disabled(self.llm):  # LLM mode: plain Qwen3, as NeMo under llm.disable_adapter()
             return decoding.greedy(self.llm, embeds, mask, options)
@@ -169,21 +193,64 @@ class CanaryQwen(nn.Module):
         batch_size: int = 8,
         max_new_tokens: int | None = None,
         sample_rate: int = SAMPLE_RATE,
-    ) -> str | list[str]:
-        """Transcribe one input (-> str) or a list of inputs (-> list[str], input order).
+        timestamps: bool = False,
+        max_chunk_seconds: float = 40.0,
+        on_error: str = "raise",
+        progress=None,
+    ):
+        """Transcribe one input or a list of inputs (results in input order).
 
-        ``max_new_tokens`` defaults to a budget from the longest clip (8 tokens/s + 32, at least 128), far above
-        speech rates, so transcripts are not cut short.
+        Returns: one input -> ``str``; a list -> ``list[str]``. With ``timestamps=True``, a
+        :class:`~nemo_lite.transcription.Transcript` (``.text``, ``.segments`` of ``start``/``end`` seconds and
+        ``text``, ``.duration``; ``to_dict()``, ``to_srt()``, ``to_vtt()``) instead of each ``str``.
+
+        Inputs: a path (anything libsndfile decodes: wav, flac, ogg/vorbis, opus, mp3, ...), bytes, a binary file
+        object, or a numpy array / torch tensor at ``sample_rate`` Hz (1-D, or 2-D samples x channels or channels x
+        samples; integer PCM is scaled like soundfile). Everything is resampled to 16 kHz (soxr HQ), mono.
+
+        Batching: inputs (or their windows) are sorted by duration and decoded ``batch_size`` at a time; each row
+        gets its own token budget, so results equal one-by-one transcription.
+
+        Long audio: over ``max_chunk_seconds`` (default 40 s; Canary was trained on <= 40 s) it is split into
+        contiguous windows, each cut at the quietest 100 ms within the last 5 s (at most half a window) before the
+        limit; no sample is dropped or repeated. Texts are joined with spaces; each window is one segment. Memory
+        holds the audio plus one batch of windows, whatever the length.
+
+        ``max_new_tokens``: per window; default 8 tokens/s + 32, at least 128, far above speech rates.
+
+        Edge cases: clips shorter than 20 ms (2 mel frames, the fewest the per-feature normalisation accepts) are
+        zero-padded to 20 ms; anything longer, including clips under 0.5 s, runs as is. Digital silence is not
+        special-cased: it runs through the model (its normalised features are all zero) and yields whatever text
+        the model produces for it; it never errors.
+
+        Bad inputs (missing, empty or undecodable file, wrong type, empty array, NaN/inf samples, 3-D array)
+        raise :class:`~nemo_lite.audio.AudioError`. ``on_error="raise"`` (default) checks every input before any
+        model work and raises one error naming all bad inputs (``.failures``: ``(index, message)`` pairs);
+        ``on_error="skip"`` returns ``None`` for bad inputs and transcribes the rest. ``progress``: called with
+        the audio seconds finished after each batch.
         """
-        single = not isinstance(audio, (list, tuple))
-        items = [audio] if single else list(audio)
-        arrays = [load_audio(a, sample_rate) for a in items]
-        if max_new_tokens is None:
-            longest = max((len(a) for a in arrays), default=0) / SAMPLE_RATE
-            max_new_tokens = max(128, int(8 * longest) + 32)
-        ids = self.generate(audios=arrays, max_new_tokens=max_new_tokens, batch_size=batch_size)
-        texts = [self.decode(row) for row in ids]
-        return texts[0] if single else texts
+        from .longform import ChunkOptions
+        from .transcription import TranscribeOptions, transcribe
+
+        opts = TranscribeOptions(batch_size=batch_size, max_new_tokens=max_new_tokens, sample_rate=sample_rate,
+                                 chunk=ChunkOptions(max_chunk_seconds=max_chunk_seconds), on_error=on_error)
+        return transcribe(self, audio, opts, timestamps=timestamps, progress=progress)
+
+    def chat(
+        self,
+        messages: str | list[Turn],
+        audios: AudioInput | Sequence[AudioInput] | None = None,
+        max_new_tokens: int = 256,
+        sample_rate: int = SAMPLE_RATE,
+    ) -> str:
+        """One greedy answer to a dialog (a string is one user turn). Without audio it runs the plain LLM (LoRA
+        off, NeMo's LLM mode), e.g. ``chat(f"Summarize this transcript:\n{text}")``. With ``audios``, the
+        messages must hold one audio tag (``<|audioplaceholder|>``) per audio."""
+        turns = [{"role": "user", "content": messages}] if isinstance(messages, str) else list(messages)
+        if audios is not None and not isinstance(audios, (list, tuple)):
+            audios = [audios]
+        ids = self.generate(prompts=[turns], audios=audios, max_new_tokens=max_new_tokens, sample_rate=sample_rate)
+        return self.decode(ids[0])
 
 
 # ---------------------------------------------------------------------- helpers
