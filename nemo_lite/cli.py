@@ -151,7 +151,8 @@ def load_model(args: argparse.Namespace) -> CanaryQwen | None:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return CanaryQwen.from_pretrained(args.model, device=device, dtype=args.dtype, llm_path=args.llm_path)
+        return CanaryQwen.from_pretrained(args.model, device=device, dtype=args.dtype, llm_path=args.llm_path,
+                                          quantize=args.quantize, merge_lora=args.merge_lora)
     except (CheckpointError, ConfigError) as err:  # their messages say what to do
         print(f"nemo-lite: cannot load model {args.model!r}:\n{err}", file=sys.stderr)
         return None
@@ -235,6 +236,9 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="cpu, cuda, cuda:1, mps, ... (default: cuda if available, else cpu)")
     p.add_argument("--dtype", help="float32, bfloat16 or float16 (default: float32 on cpu, bfloat16 elsewhere)")
     p.add_argument("--max-new-tokens", type=int, help="tokens per window/answer (default: from the duration)")
+    p.add_argument("--quantize", choices=["int8"], help="speed mode: int8 dynamic quantization of the LLM (CPU)")
+    p.add_argument("--merge-lora", action="store_true",
+                   help="speed mode: fold the LoRA adapter into the weights for ASR (unfolded again for LLM mode)")
 
 
 def build_parser() -> argparse.ArgumentParser:

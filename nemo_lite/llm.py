@@ -11,6 +11,7 @@ non-persistent rotary table, which no checkpoint stores, is rebuilt on the real 
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator
 
 import torch
@@ -30,7 +31,9 @@ def build_llm(config: PretrainedConfig, lora: LoraSettings | None) -> PreTrained
                 task_type="CAUSAL_LM", r=lora.r, lora_alpha=lora.lora_alpha, lora_dropout=lora.lora_dropout,
                 target_modules=list(lora.target_modules),
             )
-            model = get_peft_model(model, peft_cfg)
+            with warnings.catch_warnings():  # peft calls a transformers method deprecated in v5; noise for users
+                warnings.simplefilter("ignore", FutureWarning)
+                model = get_peft_model(model, peft_cfg)
     return model
 
 
