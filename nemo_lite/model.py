@@ -33,6 +33,7 @@ from .weights import (
     resolve_checkpoint,
 )
 
+ENCODER_BATCH_SAMPLES = 40 * SAMPLE_RATE  # padded samples per encoder call: one 40 s window
 PREPROCESSOR_PREFIX = "perception.preprocessor."  # window + filterbank: always fp32, as NeMo uses them
 
 
@@ -123,13 +124,31 @@ class CanaryQwen(nn.Module):
 
     # ------------------------------------------------------------------ inference
     @torch.inference_mode()
-    def embed_audio(self, audios: Sequence[np.ndarray]) -> list[torch.Tensor]:
-        """16 kHz float arrays -> per-audio LLM-width embeddings [(T_i, H)] (one zero-padded batch)."""
-        lengths = torch.tensor([len(a) for a in audios], device=self.device)
-        batch = torch.zeros(len(audios), int(lengths.max()), device=self.device)  # (B, N)
-        for i, a in enumerate(audios):
-            batch[i, : len(a)] = torch.from_numpy(np.asarray(a, dtype=np.float32))
-        return self.perception.embed_list(batch, lengths)
+    def embed_audio(self, audios: Sequence[np.ndarray], max_samples: int = ENCODER_BATCH_SAMPLES) -> list[torch.Tensor]:
+        """16 kHz float arrays -> per-audio LLM-width embeddings [(T_i, H)].
+
+        Consecutive audios share one zero-padded encoder batch while it holds at most ``max_samples`` padded
+        samples (one 40 s clip's worth by default; a longer clip runs alone). The encoder's activations grow with
+        the padded batch (the first subsampling conv alone is 256 x T/2 x 64 floats per clip), so bounding the
+        batch keeps the peak memory of a batch of long windows at that of a single 40 s clip, while the LLM
+        still decodes the whole batch together. Departure from NeMo (one encoder call per batch): valid frames do
+        not depend on the padding, so results are the same up to float rounding.
+        """
+        out: list[torch.Tensor] = []
+        start = 0
+        while start < len(audios):
+            end, longest = start + 1, len(audios[start])
+            while end < len(audios) and (end - start + 1) * max(longest, len(audios[end])) <= max_samples:
+                longest = max(longest, len(audios[end]))
+                end += 1
+            group = audios[start:end]
+            lengths = torch.tensor([len(a) for a in group], device=self.device)
+            batch = torch.zeros(len(group), int(lengths.max()), device=self.device)  # (B, N)
+            for i, a in enumerate(group):
+                batch[i, : len(a)] = torch.from_numpy(np.asarray(a, dtype=np.float32))
+            out += self.perception.embed_list(batch, lengths)
+            start = end
+        return out
 
     def prompt_ids(self, prompt: list[Turn]) -> torch.Tensor:
         return torch.tensor(encode_dialog(self.tokenizer, prompt), dtype=torch.long, device=self.device)

@@ -157,3 +157,13 @@ def test_generate_rejects_tag_count_mismatch(tiny_model):
     with pytest.raises(ValueError, match="audio tag"):
         tiny_model.generate(prompts=[[{"role": "user", "content": "no tag here"}]],
                             audios=[torch.zeros(1600).numpy()], max_new_tokens=2)
+
+
+def test_embed_audio_bounded_encoder_batches_match(tiny_model):
+    """Encoder micro-batching (memory bound for long-form batches) must not change the embeddings."""
+    audios = [torch.randn(n).numpy() * 0.1 for n in (30000, 24000, 9000, 3000)]
+    together = tiny_model.embed_audio(audios, max_samples=10**9)
+    apart = tiny_model.embed_audio(audios, max_samples=1)  # one clip per encoder call
+    assert [t.shape for t in together] == [t.shape for t in apart]
+    for a, b in zip(together, apart, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
