@@ -6,6 +6,10 @@ sits in memory at its own rate and channel count. Any sample rate is resampled w
 mono; integer PCM is scaled to [-1, 1) the way soundfile does. Every problem raises :class:`AudioError` naming
 the input.
 
+A file can also be wrapped as :class:`FileAudio` and decoded in passes of small blocks (:meth:`FileAudio.pieces`),
+each giving exactly the samples :func:`load_audio` would: :mod:`nemo_lite.longform` uses this to transcribe long
+recordings without holding them.
+
 Clips shorter than :data:`MIN_SAMPLES` are not rejected here; :func:`pad_to_minimum` zero-pads them for the model
 (see its docstring for why). :data:`AUDIO_EXTENSIONS` lists what a directory scan picks up.
 """
@@ -14,6 +18,8 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
 
@@ -22,6 +28,7 @@ import numpy as np
 SAMPLE_RATE = 16000  # Hz, the model's rate
 MAX_CHANNELS = 16  # an array axis this short is read as channels, not time
 BLOCK = 1 << 20  # frames decoded/checked at a time: ~1 M (22 s at 48 kHz) bounds temporaries for long files
+PASS_BLOCK = 1 << 16  # frames per piece of a FileAudio pass: 4 s at 16 kHz, so a pass holds a few seconds
 UNKNOWN_FRAMES = 1 << 40  # a frame count this large is libsndfile's "unknown" (non-seekable stream), not a length
 HOP = 160  # mel hop: 10 ms at 16 kHz
 MIN_SAMPLES = 2 * HOP  # 20 ms = 2 valid mel frames, the fewest that give a per-feature std (unbiased: n - 1 > 0)
@@ -89,36 +96,97 @@ def _check_finite(x: np.ndarray, name: str) -> None:
             raise AudioError(f"{name}: audio contains NaN or infinite samples")
 
 
+def _pieces(f: Any, name: str, block: int) -> Iterator[np.ndarray]:
+    """An open ``soundfile.SoundFile`` -> float32 mono 16 kHz pieces, front to back, ``block`` frames at a time.
+
+    Each block is mixed down (channel mean), checked for NaN/inf and fed to soxr's streaming resampler, whose
+    output is bit-identical to :func:`soxr.resample` on the whole signal whatever the block size; so is the mix-down
+    (a per-frame mean). The pieces therefore concatenate to the same samples for any ``block``.
+    """
+    import soxr
+
+    rate = int(f.samplerate)
+    stream = None if rate == SAMPLE_RATE else soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
+    for frames in f.blocks(blocksize=block, dtype="float32", always_2d=True):  # (frames, channels), a fresh copy
+        mono = frames.mean(axis=1) if frames.shape[1] > 1 else frames[:, 0]  # (frames,)
+        _check_finite(mono, name)
+        yield stream.resample_chunk(mono) if stream else mono
+    if stream is not None:
+        yield stream.resample_chunk(np.zeros(0, np.float32), last=True)
+
+
 def _decode(source: Any, name: str) -> np.ndarray:
     """A file -> float32 mono at 16 kHz, streamed: decode, mix down and resample ``BLOCK`` frames at a time.
 
     Peak memory is the 16 kHz output plus one block, not the file's full-rate multi-channel samples.
-    soxr's streaming resampler gives bit-identical output to :func:`soxr.resample` on the whole signal.
     """
     import soundfile as sf
-    import soxr
 
     if isinstance(source, (str, os.PathLike)):
         _check_path(Path(source), name)
     try:
         with sf.SoundFile(source) as f:
             rate = int(f.samplerate)
-            stream = None if rate == SAMPLE_RATE else soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32",
-                                                                          quality="HQ")
             frames = f.frames if 0 <= f.frames < UNKNOWN_FRAMES else BLOCK  # streams may report SF_COUNT_MAX
             out = np.empty(int(np.ceil(frames * SAMPLE_RATE / rate)) + 64, dtype=np.float32)
             n = 0
-            for block in f.blocks(blocksize=BLOCK, dtype="float32", always_2d=True):  # (frames, channels)
-                mono = block.mean(axis=1) if block.shape[1] > 1 else block[:, 0]  # (frames,)
-                _check_finite(mono, name)
-                out, n = _append(out, n, stream.resample_chunk(mono) if stream else mono)
-            if stream is not None:
-                out, n = _append(out, n, stream.resample_chunk(np.zeros(0, np.float32), last=True))
+            for piece in _pieces(f, name, BLOCK):
+                out, n = _append(out, n, piece)
     except AudioError:
         raise
     except Exception as err:  # soundfile raises LibsndfileError/RuntimeError/TypeError by format
         raise AudioError(f"{name}: cannot decode audio ({err})") from err
     return out[:n] if len(out) - n <= BLOCK else out[:n].copy()  # a big unused tail is not kept alive
+
+
+@dataclass
+class FileAudio:
+    """A file input that can be decoded again from its start: a path, bytes, or a seekable binary file object.
+
+    Each :meth:`pieces` pass opens it anew and yields the samples :func:`load_audio` gives, a few seconds at a time,
+    so a long recording can be scanned once and decoded again window by window without ever being held whole.
+    Passes read front to back (no seeking inside the audio): libsndfile's seeks are not sample-exact for every
+    format (Ogg/Vorbis in libsndfile 1.2.2 lands tens of samples off), sequential decoding is.
+    """
+
+    source: Any  # a path (str), bytes, or a seekable binary file object (read from ``offset`` each pass)
+    name: str  # the input as error messages name it (:func:`describe`)
+    offset: int = 0  # a file object's position when handed over: where its audio begins
+
+    @classmethod
+    def of(cls, item: AudioInput) -> FileAudio | None:
+        """``item`` as a re-readable file, or None for arrays, tensors and unseekable streams (loaded whole)."""
+        if isinstance(item, (str, os.PathLike)):
+            return cls(os.fspath(item), describe(item))
+        if isinstance(item, (bytes, bytearray)):
+            return cls(bytes(item), describe(item))
+        seekable = getattr(item, "seekable", None)
+        if hasattr(item, "read") and callable(seekable) and seekable():
+            return cls(item, describe(item), item.tell())
+        return None
+
+    def pieces(self, block: int = PASS_BLOCK) -> Iterator[np.ndarray]:
+        """One pass: float32 mono 16 kHz pieces in order, concatenating to exactly :func:`load_audio`'s array.
+
+        Raises :class:`AudioError` for a missing/empty/undecodable file or NaN/inf samples (as ``load_audio``).
+        """
+        import soundfile as sf
+
+        if isinstance(self.source, str):
+            _check_path(Path(self.source), self.name)
+            src: Any = self.source
+        elif isinstance(self.source, bytes):
+            src = io.BytesIO(self.source)  # shares the bytes, no copy
+        else:
+            self.source.seek(self.offset)
+            src = self.source
+        try:
+            with sf.SoundFile(src) as f:
+                yield from _pieces(f, self.name, block)
+        except AudioError:
+            raise
+        except Exception as err:  # as in _decode
+            raise AudioError(f"{self.name}: cannot decode audio ({err})") from err
 
 
 def _append(out: np.ndarray, n: int, piece: np.ndarray) -> tuple[np.ndarray, int]:

@@ -3,9 +3,11 @@
 ``nemo-lite transcribe`` takes audio files, directories (scanned recursively for :data:`AUDIO_EXTENSIONS`) and
 NeMo-style manifests (``.json``/``.jsonl``, one JSON object a line with ``audio_filepath``; relative paths resolve
 against the manifest's folder; ``duration`` only sizes the progress bar, ``offset`` is not supported). Files are
-processed in groups of bounded total duration so a large folder never sits in memory at once. A bad file is
-reported by name on stderr and the rest are still transcribed; the exit code is then 1. A model that cannot be
-loaded prints the loader's message (which says how to use a local checkpoint) and exits 2, without a traceback.
+processed in groups of bounded total duration so a large folder never sits in memory at once; a file longer than
+one window is never held whole (it is scanned, then decoded window by window, see :mod:`nemo_lite.longform`).
+A bad file is reported by name on stderr and the rest are still transcribed; the exit code is then 1. A model that
+cannot be loaded prints the loader's message (which says how to use a local checkpoint) and exits 2, without a
+traceback.
 
 Output: with ``--output-dir``, one file per input named after its stem (``.txt``, ``.json`` with text, duration and
 segments, ``.srt`` or ``.vtt``); otherwise to stdout (json: one JSON object a line, with ``audio_filepath``).
@@ -30,7 +32,8 @@ if TYPE_CHECKING:
     from .transcription import Transcript
 
 DEFAULT_MODEL = "nvidia/canary-qwen-2.5b"
-GROUP_SECONDS = 1800.0  # audio per group of files loaded together: 30 min = 115 MB of float32 at 16 kHz
+GROUP_SECONDS = 1800.0  # audio per group of files checked together: at most 30 min = 115 MB of float32 at 16 kHz
+# held (files longer than one window hold none)
 GROUP_FILES = 256  # files per group at most
 MANIFEST_SUFFIXES = (".json", ".jsonl")
 FORMATS = ("txt", "json", "srt", "vtt")
@@ -185,12 +188,12 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     bar = tqdm(total=round(sum(j.duration for j in jobs), 2), unit="s", desc="transcribing", file=sys.stderr,
                disable=args.quiet, bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s audio [{elapsed}<{remaining}]")
     for group in groups(jobs):
-        arrays, failures = load_all([str(j.path) for j in group], opts.sample_rate)
+        loaded, failures = load_all([str(j.path) for j in group], opts.sample_rate, opts.chunk)
         for i, msg in failures:
             bar.write(f"nemo-lite: skipped {msg}", file=sys.stderr)
             bar.update(group[i].duration)
         bad += len(failures)
-        results = transcribe_arrays(model, arrays, opts, progress=lambda s: bar.update(round(s, 3)))
+        results = transcribe_arrays(model, loaded, opts, progress=lambda s: bar.update(round(s, 3)))
         for job, transcript in zip(group, results, strict=True):
             if transcript is not None:
                 audio_seconds += transcript.duration

@@ -21,6 +21,7 @@ from .audio import SAMPLE_RATE, AudioInput, load_audio, pad_to_minimum
 from .config import SALMConfig
 from .injection import build_inputs_embeds
 from .llm import adapter_disabled, base_causal_lm, build_llm, finish_after_load, input_embeddings
+from .memory import release_freed_memory
 from .projection import Perception
 from .prompts import Turn, asr_prompt, encode_dialog
 from .weights import (
@@ -82,22 +83,27 @@ class CanaryQwen(nn.Module):
                              "LLM mode (int8 keeps LoRA as a cheap float side path instead)")
         device = torch.device(device or "cpu")
         dtype = _resolve_dtype(dtype, device)
+        if quantize and (device.type != "cpu" or dtype != torch.float32):
+            raise ValueError("quantize='int8' is a CPU mode on an fp32 model (int8 weights, fp32 activations); "
+                             "on GPU use dtype='bf16'")
         ckpt = resolve_checkpoint(name_or_path)
         cfg = SALMConfig.from_nemo(local_artifacts(ckpt, read_config(ckpt)))
         llm_config, tokenizer = _load_llm_config_and_tokenizer(cfg, llm_path)
         model = cls(cfg, llm_config, tokenizer)
-        model._load_weights(ckpt / WEIGHTS_FILE, dtype, device)
+        # int8: the LLM's linear weights stay in the file's dtype until quantized, one layer at a time.
+        to_quantize = frozenset(f"llm.{n}.weight" for n in speed.quantizable_linears(model.llm)) if quantize else \
+            frozenset()
+        model._load_weights(ckpt / WEIGHTS_FILE, dtype, device, keep_file_dtype=to_quantize)
         model.eval()
         if merge_lora:
             speed.merge_lora(model.llm)
             model.merged_lora = True
         if quantize == "int8":
-            if device.type != "cpu":
-                raise ValueError("quantize='int8' is a CPU mode; on GPU use dtype='bf16'")
             speed.quantize_int8(model.llm)
         return model
 
-    def _load_weights(self, path, dtype: torch.dtype, device: torch.device) -> None:
+    def _load_weights(self, path, dtype: torch.dtype, device: torch.device,
+                      keep_file_dtype: frozenset[str] = frozenset()) -> None:
         lm = base_causal_lm(self.llm)
         embed_key = _embed_key(self)
         expected = {k: t.shape for k, t in self.state_dict(keep_vars=True).items()}
@@ -106,7 +112,7 @@ class CanaryQwen(nn.Module):
         if tied:
             expected.pop(head_key)  # tied to the embedding; NeMo does not store it
         state = read_state_dict(path, expected, embed_key[: -len("embed_tokens.weight")], dtype, device,
-                                keep_fp32=(PREPROCESSOR_PREFIX,))
+                                keep_fp32=(PREPROCESSOR_PREFIX,), keep_file_dtype=keep_file_dtype)
         if tied:
             state[head_key] = state[embed_key]
         self.load_state_dict(state, strict=True, assign=True)
@@ -147,6 +153,8 @@ class CanaryQwen(nn.Module):
             for i, a in enumerate(group):
                 batch[i, : len(a)] = torch.from_numpy(np.asarray(a, dtype=np.float32))
             out += self.perception.embed_list(batch, lengths)
+            del batch
+            release_freed_memory()  # encoder temporaries vary in size per call: keep the heap from creeping
             start = end
         return out
 
@@ -232,8 +240,11 @@ class CanaryQwen(nn.Module):
 
         Long audio: over ``max_chunk_seconds`` (default 40 s; Canary was trained on <= 40 s) it is split into
         contiguous windows, each cut at the quietest 100 ms within the last 5 s (at most half a window) before the
-        limit; no sample is dropped or repeated. Texts are joined with spaces; each window is one segment. Memory
-        holds the audio plus one batch of windows, whatever the length.
+        limit; no sample is dropped or repeated. Texts are joined with spaces; each window is one segment (times in
+        seconds of the input). Memory: a long file (path, bytes or seekable file object) is never held whole; it is
+        decoded once up front to check it and find the cuts, then again window by window as batches are decoded,
+        giving exactly the samples of the loaded array (any format and rate). Arrays and tensors are held as given.
+        Either way the model holds one batch of windows, whatever the length.
 
         ``max_new_tokens``: per window; default 8 tokens/s + 32, at least 128, far above speech rates.
 

@@ -40,14 +40,32 @@ def ensure_merged(llm: nn.Module) -> None:
         llm.merge_adapter()
 
 
-def quantize_int8(llm: nn.Module) -> nn.Module:
-    """Dynamic int8 quantization of the LLM's Linear layers (LoRA A/B excepted); returns the same module."""
-    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+def quantizable_linears(llm: nn.Module) -> list[str]:
+    """Names of the LLM's ``Linear`` modules that int8 mode quantizes: all but the LoRA A/B matrices."""
+    return [name for name, m in llm.named_modules() if isinstance(m, nn.Linear) and ".lora_" not in name]
 
-    names = {name: per_channel_dynamic_qconfig for name, m in llm.named_modules()
-             if isinstance(m, nn.Linear) and ".lora_" not in name}
+
+def quantize_int8(llm: nn.Module) -> nn.Module:
+    """Swap each quantizable ``Linear`` for a dynamic int8 one (per-output-channel weights), one at a time.
+
+    Weights may arrive in bf16 (the loader keeps them in the file's dtype): each is widened to fp32 only for its
+    own quantization, so the peak memory is the int8 model plus one fp32 matrix, never an fp32 model.
+    """
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
+    from torch.ao.quantization import per_channel_dynamic_qconfig
+
     if torch.backends.quantized.engine == "none":
         raise RuntimeError("int8 quantization needs a CPU quantized engine (fbgemm/onednn/qnnpack)")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao points users to torchao; the eager API still works here
-        return quantize_dynamic(llm, qconfig_spec=names, inplace=True)
+        for name in quantizable_linears(llm):
+            parent_name, _, leaf = name.rpartition(".")
+            parent = llm.get_submodule(parent_name) if parent_name else llm
+            mod = getattr(parent, leaf)
+            fp32 = nn.Linear(mod.in_features, mod.out_features, bias=mod.bias is not None, device="meta")
+            fp32.weight = nn.Parameter(mod.weight.detach().float(), requires_grad=False)
+            if mod.bias is not None:
+                fp32.bias = nn.Parameter(mod.bias.detach().float(), requires_grad=False)
+            fp32.qconfig = per_channel_dynamic_qconfig
+            setattr(parent, leaf, DynamicInt8Linear.from_float(fp32))
+    return llm

@@ -1,10 +1,14 @@
-"""Transcription: inputs -> validated 16 kHz arrays -> windows -> batched greedy decoding -> texts and segments.
+"""Transcription: inputs -> validated 16 kHz audio -> windows -> batched greedy decoding -> texts and segments.
 
-Every input is loaded and checked before any model work, so a batch with bad inputs fails fast (or, with
+Every input is decoded and checked before any model work, so a batch with bad inputs fails fast (or, with
 ``on_error="skip"``, the bad ones are set aside). Audio longer than ``max_chunk_seconds`` is split at low-energy
-points (:mod:`nemo_lite.longform`); the windows of all inputs are sorted by length, longest first, and decoded
-``batch_size`` at a time, so the memory held is one batch of windows plus the audio itself, whatever its length.
-Window texts are joined in order; with ``timestamps=True`` each window is a :class:`Segment`.
+points (:mod:`nemo_lite.longform`). A file (path, bytes, seekable file object) that long is only scanned up front
+and stays in its file: its windows are decoded again, front to back, as their batches come (samples equal to
+slicing the loaded array). Arrays and tensors, already in memory, are sliced. Windows of long files are batched in
+file order (so one more decoding pass reads them all), then all other windows sorted by length, longest first;
+``batch_size`` windows go to each ``generate`` call. Memory is therefore one batch of windows plus the inputs
+held in memory (short files, arrays), whatever the length of a file. Window texts are joined in order; with
+``timestamps=True`` each window is a :class:`Segment`.
 
 Token budget: unless ``max_new_tokens`` is given, each window gets ``8 tokens/s + 32`` (at least 128), far above
 speech rates. A row decoded in a batch is cut to its own budget, so batched results equal one-by-one results.
@@ -18,8 +22,9 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from .audio import SAMPLE_RATE, AudioError, AudioInput, load_audio, pad_to_minimum
-from .longform import ChunkOptions, split_windows
+from .audio import SAMPLE_RATE, AudioError, AudioInput, FileAudio, load_audio, pad_to_minimum
+from .longform import ChunkOptions, LongAudio, scan, split_windows
+from .memory import release_freed_memory
 
 if TYPE_CHECKING:
     from .model import CanaryQwen
@@ -29,6 +34,7 @@ TOKEN_MARGIN = 32  # extra tokens on top of the rate
 MIN_TOKENS = 128  # budget floor
 
 Progress = Callable[[float], None]  # called with the audio seconds just finished
+Loaded = np.ndarray | LongAudio  # a checked input: 16 kHz samples in memory, or a long file read per window
 
 
 @dataclass
@@ -89,17 +95,24 @@ def token_budget(seconds: float) -> int:
     return max(MIN_TOKENS, int(TOKENS_PER_SECOND * seconds) + TOKEN_MARGIN)
 
 
-def load_all(items: Sequence[AudioInput], sample_rate: int) -> tuple[list[np.ndarray | None], list[tuple[int, str]]]:
-    """Load every input; bad ones become None, with ``(index, message)`` in the failure list."""
-    arrays: list[np.ndarray | None] = []
+def load_all(
+    items: Sequence[AudioInput], sample_rate: int, chunk: ChunkOptions | None = None
+) -> tuple[list[Loaded | None], list[tuple[int, str]]]:
+    """Decode and check every input; bad ones become None, with ``(index, message)`` in the failure list.
+
+    With ``chunk``, a file input longer than ``chunk.max_chunk_seconds`` is scanned, not kept: it comes back as a
+    :class:`~nemo_lite.longform.LongAudio` (its windows, no samples). Everything else is a 16 kHz array.
+    """
+    loaded: list[Loaded | None] = []
     failures: list[tuple[int, str]] = []
     for i, item in enumerate(items):
         try:
-            arrays.append(load_audio(item, sample_rate))
+            file = FileAudio.of(item) if chunk is not None else None
+            loaded.append(load_audio(item, sample_rate) if file is None else scan(file, chunk))
         except AudioError as err:
-            arrays.append(None)
+            loaded.append(None)
             failures.append((i, str(err)))
-    return arrays, failures
+    return loaded, failures
 
 
 def batch_failure(items: Sequence[AudioInput], failures: list[tuple[int, str]]) -> AudioError:
@@ -109,38 +122,74 @@ def batch_failure(items: Sequence[AudioInput], failures: list[tuple[int, str]]) 
 
 
 def decode_windows(
-    model: CanaryQwen, arrays: list[np.ndarray | None], windows: list[_Window], opts: TranscribeOptions,
+    model: CanaryQwen, loaded: list[Loaded | None], windows: list[_Window], opts: TranscribeOptions,
     progress: Progress | None = None,
 ) -> list[str]:
-    """Text per window: windows sorted longest first, ``batch_size`` per ``generate`` call, texts in window order."""
-    order = sorted(range(len(windows)), key=lambda k: -(windows[k].end - windows[k].start))
+    """Text per window, ``batch_size`` windows per ``generate`` call, texts in window order.
+
+    Batch order: windows of long files in file order (each file is decoded once more, front to back), then the
+    other windows longest first (similar lengths share a batch: little padding).
+    """
+    streamed = [k for k, w in enumerate(windows) if isinstance(loaded[w.item], LongAudio)]
+    in_memory = sorted((k for k, w in enumerate(windows) if not isinstance(loaded[w.item], LongAudio)),
+                       key=lambda k: -(windows[k].end - windows[k].start))
+    order = streamed + in_memory
     texts = [""] * len(windows)
     for s in range(0, len(order), opts.batch_size):
         chunk = order[s:s + opts.batch_size]
-        clips = [pad_to_minimum(arrays[windows[k].item][windows[k].start:windows[k].end]) for k in chunk]
+        clips = [pad_to_minimum(_samples(loaded[windows[k].item], windows[k])) for k in chunk]
         seconds = [(windows[k].end - windows[k].start) / SAMPLE_RATE for k in chunk]
         budgets = [opts.max_new_tokens or token_budget(t) for t in seconds]
         ids = model.generate(audios=clips, max_new_tokens=max(budgets), batch_size=len(clips))
+        del clips
         for k, row, budget in zip(chunk, ids, budgets, strict=True):
             texts[k] = model.decode(row[:budget])  # a row's own budget: same ids as decoding it alone
+        release_freed_memory()
         if progress is not None:
             progress(sum(seconds))
     return texts
 
 
+def _samples(x: Loaded | None, w: _Window) -> np.ndarray:
+    """A window's 16 kHz samples: a slice of an array, or decoded from a long file."""
+    if isinstance(x, LongAudio):
+        return x.read(w.start, w.end)
+    assert x is not None
+    return x[w.start:w.end]
+
+
+def _windows(x: Loaded, chunk: ChunkOptions) -> list[tuple[int, int]]:
+    if isinstance(x, LongAudio):
+        if x.chunk != chunk:
+            raise ValueError(f"{x.file.name} was scanned with {x.chunk}, not {chunk}: load it with the same options")
+        return x.windows
+    return split_windows(x, chunk)
+
+
+
 def transcribe_arrays(
-    model: CanaryQwen, arrays: list[np.ndarray | None], opts: TranscribeOptions, progress: Progress | None = None
+    model: CanaryQwen, loaded: list[Loaded | None], opts: TranscribeOptions, progress: Progress | None = None
 ) -> list[Transcript | None]:
-    """Loaded 16 kHz arrays (None: skipped) -> one :class:`Transcript` per array."""
-    windows = [_Window(i, a, b) for i, x in enumerate(arrays) if x is not None for a, b in split_windows(x, opts.chunk)]
-    texts = decode_windows(model, arrays, windows, opts, progress)
-    out: list[Transcript | None] = [None if x is None else Transcript("", [], len(x) / SAMPLE_RATE) for x in arrays]
+    """Checked inputs from :func:`load_all` (None: skipped) -> one :class:`Transcript` each."""
+    windows = [_Window(i, a, b) for i, x in enumerate(loaded) if x is not None for a, b in _windows(x, opts.chunk)]
+    try:
+        texts = decode_windows(model, loaded, windows, opts, progress)
+    finally:
+        for x in loaded:
+            if isinstance(x, LongAudio):
+                x.close()
+    out: list[Transcript | None] = [None if x is None else Transcript("", [], _length(x) / SAMPLE_RATE)
+                                    for x in loaded]
     for w, text in zip(windows, texts, strict=True):
         out[w.item].segments.append(Segment(w.start / SAMPLE_RATE, w.end / SAMPLE_RATE, text))  # type: ignore[union-attr]
     for t in out:
         if t is not None:
             t.text = " ".join(s.text.strip() for s in t.segments if s.text.strip())
     return out
+
+
+def _length(x: Loaded) -> int:
+    return x.length if isinstance(x, LongAudio) else len(x)
 
 
 def transcribe(
@@ -150,12 +199,12 @@ def transcribe(
     """See :meth:`nemo_lite.model.CanaryQwen.transcribe` for the contract."""
     single = not isinstance(audio, (list, tuple))
     items = [audio] if single else list(audio)
-    arrays, failures = load_all(items, opts.sample_rate)
+    loaded, failures = load_all(items, opts.sample_rate, opts.chunk)
     if failures and opts.on_error == "raise":
         if single:
             raise AudioError(failures[0][1], failures)
         raise batch_failure(items, failures)
-    results = transcribe_arrays(model, arrays, opts, progress)
+    results = transcribe_arrays(model, loaded, opts, progress)
     out = results if timestamps else [None if t is None else t.text for t in results]
     return out[0] if single else out
 

@@ -152,11 +152,13 @@ def read_header(path: Path) -> tuple[dict[str, dict], int]:
 def read_state_dict(
     path: Path, expected: dict[str, torch.Size], llm_prefix: str, dtype: torch.dtype, device: torch.device,
     keep_fp32: tuple[str, ...] = (),
+    keep_file_dtype: frozenset[str] = frozenset(),
 ) -> dict[str, torch.Tensor]:
     """Read every tensor of ``path``, mapped to our keys and cast to ``dtype`` on ``device``; check them all.
 
     ``expected`` maps our keys to shapes. Integer tensors keep their dtype; keys starting with one of
-    ``keep_fp32`` stay fp32 (the mel window and filterbank). Tensors are read with plain file reads, one at a
+    ``keep_fp32`` stay fp32 (the mel window and filterbank); keys in ``keep_file_dtype`` keep the file's dtype
+    (weights about to be quantized: no fp32 copy of them is ever made). Tensors are read with plain file reads, one at a
     time, rather than through a memory map: mapped pages count in the process's resident memory, so mapping a
     5 GB file while building a 10 GB fp32 model would push the peak to 15 GB.
     """
@@ -186,7 +188,9 @@ def read_state_dict(
             t = t.reshape(info["shape"])
             ours = to_ours(key, llm_prefix)
             if t.is_floating_point():
-                t = t.to(device=device, dtype=torch.float32 if ours.startswith(keep_fp32) else dtype)
+                target = t.dtype if ours in keep_file_dtype else \
+                    torch.float32 if ours.startswith(keep_fp32) else dtype
+                t = t.to(device=device, dtype=target)
             else:
                 t = t.to(device=device)
             out[ours] = t

@@ -1,16 +1,21 @@
-"""Tier 1: long-form splitting (cuts at pauses, full coverage) and long-form transcription on the tiny model."""
+"""Tier 1: long-form splitting (cuts at pauses, full coverage), files scanned once and read per window, and
+long-form transcription on the tiny model."""
 
 from __future__ import annotations
 
 import json
 import re
 from itertools import pairwise
+from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
+import soxr
 
-from nemo_lite.audio import SAMPLE_RATE
-from nemo_lite.longform import ChunkOptions, split_windows
+from nemo_lite import transcription
+from nemo_lite.audio import SAMPLE_RATE, AudioError, FileAudio, load_audio
+from nemo_lite.longform import MIN_LAST, ChunkOptions, LongAudio, WindowSplitter, scan, split_windows
 
 SR = SAMPLE_RATE
 
@@ -179,3 +184,100 @@ def test_subtitle_time_format_over_an_hour():
     t = Transcript("a b", [Segment(0.0, 3723.4567, "a\n\nb")], 3723.4567)
     assert t.to_srt() == "1\n00:00:00,000 --> 01:02:03,457\na b\n\n"
     assert t.to_vtt() == "WEBVTT\n\n00:00:00.000 --> 01:02:03.457\na b\n\n"
+
+
+# ---------------------------------------------------------------------- files: scanned once, read per window
+def write_blocks(path, x: np.ndarray, rate: int, **kwargs) -> None:
+    """Write in 1 s blocks (libsndfile 1.2.2 can crash writing a long Vorbis file in one call)."""
+    with sf.SoundFile(str(path), "w", rate, 1 if x.ndim == 1 else x.shape[1], **kwargs) as f:
+        for i in range(0, len(x), rate):
+            f.write(x[i:i + rate])
+
+
+def test_splitter_fed_in_pieces_cuts_like_split_windows():
+    x = with_gaps(61.0, [(7.0, 7.3), (15.0, 15.2), (33.1, 33.3), (52.0, 52.5)], seed=4)
+    rng = np.random.default_rng(0)
+    for opts in [ChunkOptions(max_chunk_seconds=10.0, search_seconds=3.0), ChunkOptions(max_chunk_seconds=1.0),
+                 ChunkOptions(max_chunk_seconds=20.0, search_seconds=0.0)]:
+        splitter, i, most = WindowSplitter(opts), 0, 0
+        while i < len(x):
+            k = int(rng.integers(0, 3 * SR))  # empty pieces too
+            splitter.feed(x[i:i + k])
+            i += k
+            most = max(most, splitter.kept) if i > opts.max_samples + 3 * SR else most
+        assert splitter.finish() == split_windows(x, opts)
+        assert most <= opts.search_samples + MIN_LAST + 2 * 3 * SR  # a few seconds, not the recording
+
+
+@pytest.fixture(scope="module")
+def long_wav(tmp_path_factory, long_audio) -> Path:
+    path = tmp_path_factory.mktemp("long") / "long.wav"
+    sf.write(str(path), long_audio, SR, subtype="PCM_16")
+    return path
+
+
+def test_16k_file_windows_equal_slices_of_the_loaded_array(long_wav):
+    loaded = load_audio(long_wav)
+    opts = ChunkOptions(max_chunk_seconds=LIMIT)
+    long = scan(FileAudio.of(long_wav), opts)
+    assert isinstance(long, LongAudio) and long.length == len(loaded)
+    assert long.windows == split_windows(loaded, opts)
+    for start, end in long.windows:
+        np.testing.assert_array_equal(long.read(start, end), loaded[start:end])  # bit-identical
+    start, end = long.windows[1]  # out of order: the pass restarts
+    np.testing.assert_array_equal(long.read(start, end), loaded[start:end])
+    long.close()
+
+
+def test_16k_file_transcribes_like_the_loaded_array(tiny_model, long_wav, monkeypatch):
+    kwargs = dict(timestamps=True, max_chunk_seconds=LIMIT, max_new_tokens=TOKENS, batch_size=2)
+    in_memory = tiny_model.transcribe(load_audio(long_wav), **kwargs)
+    monkeypatch.setattr(transcription, "load_audio", None)  # a long file must not be loaded whole
+    from_file = tiny_model.transcribe(str(long_wav), **kwargs)
+    assert from_file.to_dict() == in_memory.to_dict()  # same texts, same segment boundaries
+    assert len(from_file.segments) >= 21 / LIMIT
+
+
+def test_44k_stereo_file_segments_cover_it_in_order(tiny_model, tmp_path, long_audio):
+    path = tmp_path / "stereo.flac"
+    x = soxr.resample(long_audio, SR, 44100, quality="HQ")
+    write_blocks(path, np.stack([x, 0.5 * x], axis=1), 44100, subtype="PCM_24")
+    kwargs = dict(timestamps=True, max_chunk_seconds=LIMIT, max_new_tokens=TOKENS, batch_size=3)
+    out = tiny_model.transcribe(path, **kwargs)
+    segs = out.segments
+    assert len(segs) >= 21 / LIMIT
+    assert segs[0].start == 0 and segs[-1].end == out.duration
+    assert out.duration == pytest.approx(sf.info(str(path)).duration, abs=1e-3)
+    for a, b in pairwise(segs):
+        assert a.end == b.start and a.start < a.end <= a.start + LIMIT
+    # Both passes decode as load_audio does, so even resampled windows equal the in-memory path's.
+    assert out.to_dict() == tiny_model.transcribe(load_audio(path), **kwargs).to_dict()
+    with open(path, "rb") as f:  # bytes and file objects are read per window too, with a short clip in the batch
+        kwargs["timestamps"] = False
+        many = tiny_model.transcribe([path.read_bytes(), noisy(1.5, seed=9), f], **kwargs)
+    assert many == [out.text, tiny_model.transcribe(noisy(1.5, seed=9), **kwargs), out.text]
+
+
+def test_long_file_problems_are_found_before_model_work(tiny_model, tmp_path, long_audio, monkeypatch):
+    calls = []
+    monkeypatch.setattr(tiny_model, "generate", lambda *a, **k: calls.append(k))
+    bad = long_audio.copy()
+    bad[-5] = np.nan  # in the last piece of the scan
+    write_blocks(tmp_path / "nan.wav", bad, SR, subtype="FLOAT")
+    write_blocks(tmp_path / "silent.wav", np.zeros(0, np.float32), SR)
+    items = [str(tmp_path / "nan.wav"), str(tmp_path / "missing.wav"), str(tmp_path / "silent.wav")]
+    with pytest.raises(AudioError) as info:
+        tiny_model.transcribe(items, max_chunk_seconds=LIMIT)
+    msg = str(info.value)
+    assert "nan.wav: audio contains NaN" in msg and "missing.wav: file not found" in msg and "empty" in msg
+    assert calls == []
+
+
+def test_a_file_changed_after_its_scan_is_reported(tmp_path, long_audio):
+    path = tmp_path / "changing.wav"
+    sf.write(str(path), long_audio, SR)
+    long = scan(FileAudio.of(path), ChunkOptions(max_chunk_seconds=LIMIT))
+    sf.write(str(path), long_audio[: len(long_audio) // 2], SR)
+    with pytest.raises(AudioError, match="changing.wav: audio ends at sample"):
+        for start, end in long.windows:
+            long.read(start, end)
