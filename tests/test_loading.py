@@ -141,3 +141,37 @@ def test_bf16_load_runs(tiny_ckpt):
     assert model.perception.preprocessor.featurizer.fb.dtype == torch.float32  # front end stays fp32
     out = model.generate(audios=[torch.zeros(16000).numpy() + 0.01], max_new_tokens=3)
     assert len(out[0]) == 3
+
+
+def test_int8_mode_quantizes_llm_and_keeps_adapter_switchable(tiny_ckpt):
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
+
+    from nemo_lite.llm import adapter_disabled, base_causal_lm
+
+    model = CanaryQwen.from_pretrained(tiny_ckpt, quantize="int8")
+    lm = base_causal_lm(model.llm)
+    q_proj = lm.model.layers[0].self_attn.q_proj
+    assert isinstance(q_proj.base_layer, DynamicInt8Linear) and isinstance(lm.lm_head, DynamicInt8Linear)
+    assert isinstance(q_proj.lora_A["default"], torch.nn.Linear)  # LoRA stays a float side path
+    x = torch.randn(1, 4, model.cfg.output_dim)
+    with torch.inference_mode():
+        on = model.llm(inputs_embeds=x).logits
+        with adapter_disabled(model.llm):
+            off = model.llm(inputs_embeds=x).logits
+    assert (on - off).abs().max() > 1e-3
+    assert len(model.generate(audios=[torch.randn(8000).numpy() * 0.1], max_new_tokens=3)[0]) == 3
+
+
+def test_merged_lora_matches_exact_and_unmerges_for_llm_mode(tiny_ckpt, tiny_model):
+    merged = CanaryQwen.from_pretrained(tiny_ckpt, merge_lora=True)
+    audio = [torch.randn(12000).numpy() * 0.1]
+    text = [[{"role": "user", "content": "Say hello."}]]
+    assert merged.generate(prompts=text, max_new_tokens=4) == tiny_model.generate(prompts=text, max_new_tokens=4)
+    assert merged.generate(audios=audio, max_new_tokens=4) == tiny_model.generate(audios=audio, max_new_tokens=4)
+
+
+def test_int8_rejects_gpu_or_bf16(tiny_ckpt):
+    with pytest.raises(ValueError, match="int8"):
+        CanaryQwen.from_pretrained(tiny_ckpt, quantize="int8", dtype="bf16")
+    with pytest.raises(ValueError, match="merge_lora"):
+        CanaryQwen.from_pretrained(tiny_ckpt, quantize="int8", merge_lora=True)
