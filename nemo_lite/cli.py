@@ -263,6 +263,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--transcript", help="text file (or our .json output, or - for stdin) appended to the prompt")
     _model_args(c)
     c.set_defaults(func=cmd_chat)
+    from .evaluate import add_eval_parser
+    from .train import add_train_parser
+
+    add_train_parser(sub)  # nemo-lite train --config CONFIG (stage 1/2, both architectures; torchrun-ready)
+    add_eval_parser(sub)  # nemo-lite eval MANIFEST --model M (WER/CER after Whisper normalisation, RTFx)
     return parser
 
 

@@ -1,0 +1,555 @@
+"""One training loop for both speech LLMs: :class:`~nemo_lite.model.CanaryQwen` and
+:class:`~nemo_lite.whisper_adapter.WhisperLLM`, on one device or data-parallel under ``torchrun``.
+
+Config: a JSON file (or TOML, read with the stdlib ``tomllib``) whose keys are the fields of :class:`TrainConfig`;
+an unknown key is an error. Example (stage 1 of a Whisper + Qwen3 model, then stage 2 from its output)::
+
+    {
+      "architecture": "whisper_llm",
+      "train_manifest": "data/train.jsonl",
+      "output_dir": "runs/stage1",
+      "whisper": "openai/whisper-large-v3-turbo",
+      "llm": "Qwen/Qwen3-1.7B",
+      "stage": 1,
+      "lr": 1e-3, "warmup_steps": 100, "max_steps": 5000,
+      "batch_size": 8, "grad_accum": 4
+    }
+
+Stage 2 then sets ``"stage": 2, "model": "runs/stage1/model", "lr": 2e-4`` (and drops ``whisper``/``llm``).
+For Canary-Qwen: ``"architecture": "canary_qwen", "model": "nvidia/canary-qwen-2.5b"`` (a hub id or a
+checkpoint directory; ``llm`` names a local LLM config + tokenizer directory when the hub is unreachable).
+
+What is trained:
+- stage 1: the projector only (WhisperLLM ``projector``; CanaryQwen ``perception.proj``);
+- stage 2: the projector + LoRA. WhisperLLM gets a new adapter on the LLM's attention and MLP projections
+  (peft ``target_modules`` = :data:`~nemo_lite.whisper_adapter.LLM_LORA_TARGETS`, a regex anchored to the LLM's
+  layers) unless it has one already; CanaryQwen fine-tunes its existing LoRA. ``train_encoder`` (CanaryQwen only)
+  also trains the FastConformer. Everything else is frozen and kept in eval mode (BatchNorm statistics stay put).
+
+Loss: teacher forcing, cross-entropy on the answer tokens only (the transcript + ``<|im_end|>``); every other
+position's label is -100. Rows are left-padded after the audio splice and the LLM gets explicit
+``position_ids = cumsum(mask) - 1`` (clamped at 0), the positions ``generate`` uses. Logits are computed only at
+the labelled positions (a 151936-word head over 1500 audio frames would dominate time and memory).
+
+Optimisation: AdamW, linear warm-up then cosine decay to ``min_lr_ratio * lr``, gradient accumulation, gradient
+clipping, bf16 autocast on CUDA (fp32 on CPU), optional gradient checkpointing.
+
+Checkpoints (``output_dir/checkpoint-NNNNNN/``): ``trainable.safetensors`` (the trained tensors only, by parameter
+name), ``train_config.json``, ``trainer_state.pt`` (optimizer, scheduler, step, epoch, position in the epoch,
+RNG). ``"resume": "auto"`` (or a checkpoint path) continues from one, bit-exactly. The final model goes to
+``output_dir/model``: WhisperLLM in its own layout, CanaryQwen in the hub layout via :mod:`nemo_lite.export`.
+
+Data parallel: under ``torchrun`` (WORLD_SIZE > 1) the process group is initialised (NCCL on CUDA, gloo on CPU),
+the model is wrapped in ``DistributedDataParallel``, each rank reads its share of the batches
+(:class:`~nemo_lite.data.BucketBatchSampler`), and only rank 0 logs and saves:
+``torchrun --nproc_per_node 2 -m nemo_lite.train --config cfg.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from peft import PeftModel
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from .data import BucketBatchSampler, SpeechDataset, collate, read_manifest
+from .injection import build_inputs_embeds
+from .llm import base_causal_lm, input_embeddings
+from .prompts import asr_prompt, encode_dialog, text_to_ids
+from .whisper_adapter import INSTRUCTION, LLM_LORA_TARGETS, WhisperLLM
+
+IGNORE = -100  # label of positions without loss (torch's cross_entropy ignore_index)
+ARCHITECTURES = ("canary_qwen", "whisper_llm")
+CHECKPOINT_PREFIX = "checkpoint-"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class TrainConfig:
+    """A training run; see the module docstring for the file format."""
+
+    architecture: str  # "canary_qwen" | "whisper_llm"
+    train_manifest: str  # JSONL manifest (audio_filepath, text, optional duration)
+    output_dir: str  # checkpoints, train_log.jsonl and the final model (output_dir/model)
+    model: str | None = None  # canary_qwen: hub id or checkpoint dir; whisper_llm: saved WhisperLLM dir or merged ckpt
+    whisper: str | None = None  # whisper_llm without `model`: Whisper checkpoint (dir or hub id)
+    llm: str | None = None  # whisper_llm without `model`: causal LM dir/hub id; canary_qwen: local LLM config+tokenizer
+    instruction: str = INSTRUCTION  # whisper_llm: prompt text after the audio (new models only)
+    stage: int = 1  # 1: projector only; 2: projector + LoRA
+    train_encoder: bool = False  # canary_qwen: also train the FastConformer encoder
+    lora_r: int = 64  # whisper_llm stage 2 without an adapter yet: LoRA rank
+    lora_alpha: float = 16.0  # ... LoRA scale numerator (scale = alpha / r)
+    lora_dropout: float = 0.05  # ... LoRA dropout
+    lr: float = 1e-4  # peak learning rate
+    weight_decay: float = 0.0  # AdamW decoupled weight decay
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW betas
+    warmup_steps: int = 0  # linear warm-up, in optimizer steps
+    min_lr_ratio: float = 0.0  # cosine decay floor, as a fraction of lr
+    max_steps: int | None = None  # optimizer steps; None: `epochs` passes over the data
+    epochs: int = 1  # passes over the data when max_steps is None
+    batch_size: int = 8  # utterances per micro-batch on each rank
+    grad_accum: int = 1  # micro-batches per optimizer step
+    max_grad_norm: float | None = 1.0  # gradient clipping (None: off)
+    seed: int = 0  # model init (new projector/LoRA), batch order, dropout
+    device: str | None = None  # default: cuda (cuda:LOCAL_RANK under torchrun) when available, else cpu
+    dtype: str = "float32"  # weight dtype; compute is bf16 autocast on CUDA when `bf16`
+    bf16: bool = True  # bf16 autocast where the device supports it (CUDA); CPU always runs fp32
+    gradient_checkpointing: bool = False  # recompute LLM activations in backward (less memory, ~30% slower)
+    num_workers: int = 0  # DataLoader worker processes for audio decoding
+    log_every: int = 1  # optimizer steps between train_log.jsonl lines
+    save_every: int = 0  # optimizer steps between checkpoints (0: only the last step)
+    keep_checkpoints: int = 2  # newest checkpoints kept on disk (<= 0: all)
+    resume: str | None = None  # "auto" (newest checkpoint in output_dir), a checkpoint dir, or None
+    export_dtype: str = "float32"  # canary_qwen final model dtype (the hub's file is bfloat16)
+    progress: bool = True  # tqdm bar on rank 0
+
+    def __post_init__(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
+        if self.stage not in (1, 2):
+            raise ValueError(f"stage must be 1 or 2, got {self.stage}")
+        if self.architecture == "canary_qwen" and not self.model:
+            raise ValueError("canary_qwen needs `model` (a hub id or a checkpoint directory)")
+        if self.architecture == "whisper_llm" and not self.model and not (self.whisper and self.llm):
+            raise ValueError("whisper_llm needs `model`, or `whisper` and `llm` for a new model")
+        if self.train_encoder and self.architecture != "canary_qwen":
+            raise ValueError("train_encoder applies to canary_qwen only (the Whisper encoder stays frozen)")
+        if self.batch_size < 1 or self.grad_accum < 1:
+            raise ValueError("batch_size and grad_accum must be >= 1")
+        self.betas = tuple(self.betas)  # JSON gives a list
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> TrainConfig:
+        unknown = sorted(set(raw) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"training config: unknown key(s) {unknown}")
+        return cls(**raw)
+
+
+def load_config(path: str | os.PathLike) -> TrainConfig:
+    """A JSON (``.json``) or TOML (``.toml``) training config."""
+    path = Path(path)
+    if path.suffix == ".toml":
+        import tomllib
+
+        return TrainConfig.from_dict(tomllib.loads(path.read_text()))
+    return TrainConfig.from_dict(json.loads(path.read_text()))
+
+
+# ---------------------------------------------------------------------- model and trainable parameters
+def build_model(cfg: TrainConfig, device: torch.device):
+    """The model named by the config, on ``device``, before freezing."""
+    dtype = DTYPES[cfg.dtype]
+    if cfg.architecture == "canary_qwen":
+        from .model import CanaryQwen
+
+        return CanaryQwen.from_pretrained(cfg.model, device=device, dtype=dtype, llm_path=cfg.llm)
+    if cfg.model:
+        return WhisperLLM.from_pretrained(cfg.model, device=device, dtype=dtype)
+    return WhisperLLM.from_components(cfg.whisper, cfg.llm, instruction=cfg.instruction, device=device, dtype=dtype,
+                                      seed=cfg.seed)
+
+
+def configure_trainable(model: nn.Module, cfg: TrainConfig) -> dict[str, nn.Parameter]:
+    """Freeze everything, then unfreeze what the stage trains; returns those parameters by name."""
+    whisper = isinstance(model, WhisperLLM)
+    if whisper and cfg.stage == 2 and not isinstance(model.llm, PeftModel):
+        model.add_lora(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, LLM_LORA_TARGETS)
+    if not whisper and cfg.stage == 2 and not isinstance(model.llm, PeftModel):
+        raise ValueError("stage 2 of canary_qwen fine-tunes its LoRA, but this checkpoint has none")
+    projector = "projector." if whisper else "perception.proj."
+    wanted = [projector] + (["perception.encoder."] if cfg.train_encoder else [])
+    trainable = {}
+    for name, p in model.named_parameters():
+        on = name.startswith(tuple(wanted)) or (cfg.stage == 2 and ".lora_" in name and name.startswith("llm."))
+        p.requires_grad_(on)
+        if on:
+            trainable[name] = p
+    return trainable
+
+
+def set_train_mode(model: nn.Module, cfg: TrainConfig) -> None:
+    """Train mode for the LLM and projector; frozen encoders stay in eval mode (no dropout, BatchNorm fixed)."""
+    model.train()
+    if isinstance(model, WhisperLLM):
+        model.encoder.eval()
+    elif not cfg.train_encoder:
+        model.perception.encoder.eval()
+
+
+# ---------------------------------------------------------------------- batches and loss
+@dataclass
+class TrainBatch:
+    embeds: torch.Tensor  # (B, L, H) left-padded LLM inputs, audio spliced in
+    mask: torch.Tensor  # (B, L) bool, False on padding
+    positions: torch.Tensor  # (B, L) cumsum(mask) - 1, clamped at 0
+    labels: torch.Tensor  # (B, L) answer ids at the answer positions, IGNORE elsewhere
+
+
+def prompt_and_placeholder(model: nn.Module) -> tuple[list[int], int]:
+    """The inference prompt (one audio placeholder) and the placeholder id, per architecture."""
+    if isinstance(model, WhisperLLM):
+        return model.prompt_ids(), model.audio_pad_id
+    return encode_dialog(model.tokenizer, asr_prompt(model.cfg.audio_locator_tag)), model.audio_tag_id
+
+
+def audio_embeddings(model: nn.Module, audios: list[np.ndarray]) -> list[torch.Tensor]:
+    """Per-clip LLM-width audio frames, with gradients to whatever is trainable."""
+    if isinstance(model, WhisperLLM):
+        return model.embed_audio(audios)
+    lengths = torch.tensor([len(a) for a in audios], device=model.device)
+    batch = torch.zeros(len(audios), int(lengths.max()), device=model.device)  # (B, N)
+    for i, a in enumerate(audios):
+        batch[i, : len(a)] = torch.from_numpy(np.asarray(a, dtype=np.float32))
+    return model.perception.embed_list(batch, lengths)
+
+
+def answer_ids(tokenizer, text: str, eos_id: int) -> list[int]:
+    """The supervised answer: the transcript's tokens + ``<|im_end|>``."""
+    return text_to_ids(tokenizer, text) + [eos_id]
+
+
+def build_batch(embed: nn.Embedding, prompt: list[int], placeholder: int, audio: list[torch.Tensor],
+                answers: list[list[int]]) -> TrainBatch:
+    """Rows ``prompt + answer`` with the audio spliced at the placeholder, left-padded, with labels."""
+    device = embed.weight.device
+    rows = [torch.tensor(prompt + ans, device=device) for ans in answers]
+    embeds, mask = build_inputs_embeds(rows, embed, placeholder, audio)  # (B, L, H), (B, L)
+    labels = torch.full(mask.shape, IGNORE, dtype=torch.long, device=device)  # (B, L)
+    for i, ans in enumerate(answers):
+        labels[i, mask.shape[1] - len(ans):] = torch.tensor(ans, device=device)
+    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, L)
+    return TrainBatch(embeds, mask, positions, labels)
+
+
+class SpeechLoss(nn.Module):
+    """Model + loss in one module, so DistributedDataParallel sees every trained parameter in its forward."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.prompt, self.placeholder = prompt_and_placeholder(model)
+
+    def forward(self, audios: list[np.ndarray], answers: list[list[int]]) -> torch.Tensor:
+        llm = self.model.llm
+        batch = build_batch(input_embeddings(llm), self.prompt, self.placeholder,
+                            audio_embeddings(self.model, audios), answers)
+        lm = base_causal_lm(llm)
+        hidden = lm.model(inputs_embeds=batch.embeds, attention_mask=batch.mask.long(), position_ids=batch.positions,
+                          use_cache=False).last_hidden_state  # (B, L, H)
+        targets = batch.labels[:, 1:]  # (B, L-1): position t predicts token t+1
+        keep = targets != IGNORE
+        logits = lm.lm_head(hidden[:, :-1][keep])  # (N, V) at labelled positions only
+        return F.cross_entropy(logits.float(), targets[keep])
+
+
+# ---------------------------------------------------------------------- schedule, distributed, checkpoints
+def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine from 1 to ``min_ratio`` at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+@dataclass
+class Dist:
+    rank: int = 0  # this process
+    world_size: int = 1  # processes in the job
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(cfg: TrainConfig) -> Dist:
+    """Process group when launched by torchrun (WORLD_SIZE > 1); the device for this rank."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = torch.cuda.is_available() and (cfg.device is None or cfg.device.startswith("cuda"))
+    device = torch.device(f"cuda:{local}" if cuda and cfg.device in (None, "cuda") else (cfg.device or "cpu"))
+    if world > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    return Dist(rank, world, device)
+
+
+def trainable_digest(trainable: dict[str, nn.Parameter]) -> str:
+    """sha256 over the trained tensors' bytes, by name: equal digests = identical weights."""
+    h = hashlib.sha256()
+    for name in sorted(trainable):
+        h.update(name.encode())
+        h.update(trainable[name].detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+@dataclass
+class TrainState:
+    step: int = 0  # optimizer steps done
+    epoch: int = 0  # current epoch
+    group: int = 0  # optimizer steps done within the current epoch
+
+
+def save_checkpoint(path: Path, cfg: TrainConfig, trainable: dict[str, nn.Parameter], optimizer, scheduler,
+                    state: TrainState) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    save_file({k: p.detach().contiguous().cpu() for k, p in trainable.items()}, str(path / "trainable.safetensors"))
+    (path / "train_config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    torch.save({"state": asdict(state), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "rng": rng}, path / "trainer_state.pt")
+
+
+def load_checkpoint(path: Path, trainable: dict[str, nn.Parameter], optimizer, scheduler) -> TrainState:
+    """Trained tensors (exactly the set this run trains), optimizer, scheduler and RNG from ``path``."""
+    with safe_open(str(path / "trainable.safetensors"), framework="pt") as f:
+        keys = set(f.keys())
+        if keys != set(trainable):
+            missing, extra = sorted(set(trainable) - keys)[:5], sorted(keys - set(trainable))[:5]
+            raise ValueError(f"{path}: checkpoint tensors differ from this run's trainable set: "
+                             f"missing {missing}, unexpected {extra}")
+        with torch.no_grad():
+            for name, p in trainable.items():
+                p.copy_(f.get_tensor(name))
+    blob = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=True)
+    optimizer.load_state_dict(blob["optimizer"])
+    scheduler.load_state_dict(blob["scheduler"])
+    torch.set_rng_state(blob["rng"]["torch"])
+    if "cuda" in blob["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(blob["rng"]["cuda"])
+    return TrainState(**blob["state"])
+
+
+def checkpoints(output_dir: Path) -> list[Path]:
+    return sorted(p for p in output_dir.glob(f"{CHECKPOINT_PREFIX}*") if (p / "trainer_state.pt").is_file())
+
+
+def resume_path(cfg: TrainConfig) -> Path | None:
+    if cfg.resume is None:
+        return None
+    if cfg.resume == "auto":
+        found = checkpoints(Path(cfg.output_dir))
+        return found[-1] if found else None
+    return Path(cfg.resume)
+
+
+def save_final(model: nn.Module, cfg: TrainConfig) -> Path:
+    """The trained model, loadable on its own: WhisperLLM layout, or the hub layout for CanaryQwen."""
+    out = Path(cfg.output_dir) / "model"
+    if isinstance(model, WhisperLLM):
+        return model.save_pretrained(out)
+    from .export import export_canary
+    from .weights import resolve_checkpoint
+
+    return export_canary(model, out, source=resolve_checkpoint(cfg.model), dtype=DTYPES[cfg.export_dtype])
+
+
+# ---------------------------------------------------------------------- the loop
+@dataclass
+class TrainResult:
+    losses: list[float]  # mean loss per optimizer step (over ranks and micro-batches)
+    steps: int  # optimizer steps done in total
+    wall_seconds: float  # this process's training time
+    digest: str  # trainable_digest() at the end
+    model_dir: Path | None  # output_dir/model (written by rank 0)
+
+
+def _autocast(cfg: TrainConfig, device: torch.device):
+    if cfg.bf16 and device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _mean_over_ranks(value: float, world: int, device: torch.device) -> float:
+    if world == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return float(t.item()) / world
+
+
+def train(cfg: TrainConfig, model: nn.Module | None = None) -> TrainResult:
+    """Run the configured training (``model``: an already loaded model instead of the config's)."""
+    env = init_distributed(cfg)
+    torch.manual_seed(cfg.seed)
+    model = model if model is not None else build_model(cfg, env.device)
+    trainable = configure_trainable(model, cfg)
+    if cfg.gradient_checkpointing:
+        base_causal_lm(model.llm).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    set_train_mode(model, cfg)
+    module = SpeechLoss(model)
+    runner = module
+    if env.world_size > 1:
+        runner = nn.parallel.DistributedDataParallel(module, broadcast_buffers=False)
+
+    items = read_manifest(cfg.train_manifest)
+    dataset = SpeechDataset(items)
+    sampler = BucketBatchSampler([u.duration for u in items], cfg.batch_size, env.rank, env.world_size, cfg.seed)
+    per_epoch = len(sampler) // cfg.grad_accum
+    if per_epoch == 0:
+        raise ValueError(f"{len(sampler)} batch(es) per rank is fewer than grad_accum={cfg.grad_accum}")
+    total = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * per_epoch
+    optimizer = torch.optim.AdamW(list(trainable.values()), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, cfg.warmup_steps, total, cfg.min_lr_ratio))
+    state = TrainState()
+    ckpt = resume_path(cfg)
+    if ckpt is not None:
+        state = load_checkpoint(ckpt, trainable, optimizer, scheduler)
+
+    out = Path(cfg.output_dir)
+    if env.main:
+        out.mkdir(parents=True, exist_ok=True)
+    tokenizer, eos = model.tokenizer, model.eos_id
+    bar = _progress(cfg, env, total, state.step)
+    losses: list[float] = []
+    t_start = time.perf_counter()
+    while state.step < total:
+        sampler.set_epoch(state.epoch)
+        batches = sampler.epoch_batches()[state.group * cfg.grad_accum: per_epoch * cfg.grad_accum]
+        # Own generator: creating a loader must not draw from the global RNG (dropout), or resuming would shift it.
+        loader = iter(torch.utils.data.DataLoader(dataset, batch_sampler=batches, collate_fn=collate,
+                                                  num_workers=cfg.num_workers, generator=torch.Generator()))
+        for _ in range(state.group, per_epoch):
+            t0 = time.perf_counter()
+            loss, utts, seconds = 0.0, 0, 0.0
+            for k in range(cfg.grad_accum):
+                batch = next(loader)
+                answers = [answer_ids(tokenizer, t, eos) for t in batch.texts]
+                sync = env.world_size == 1 or k == cfg.grad_accum - 1
+                with (contextlib.nullcontext() if sync else runner.no_sync()), _autocast(cfg, env.device):
+                    micro = runner(batch.audios, answers)
+                    (micro / cfg.grad_accum).backward()
+                loss += micro.item() / cfg.grad_accum
+                utts += len(batch.audios)
+                seconds += batch.seconds
+            if cfg.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(list(trainable.values()), cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            state.group += 1
+            loss = _mean_over_ranks(loss, env.world_size, env.device)
+            losses.append(loss)
+            dt = time.perf_counter() - t0
+            _log(cfg, env, bar, state, loss, scheduler.get_last_lr()[0], utts * env.world_size / dt,
+                 seconds * env.world_size / dt)
+            if state.step == total or (cfg.save_every and state.step % cfg.save_every == 0):
+                _checkpoint(cfg, env, trainable, optimizer, scheduler, state)
+            if state.step >= total:
+                break
+        else:
+            state.epoch += 1
+            state.group = 0
+    if bar is not None:
+        bar.close()
+    wall = time.perf_counter() - t_start
+    model.eval()
+    model_dir = save_final(model, cfg) if env.main else None
+    if env.world_size > 1:
+        dist.barrier()
+    return TrainResult(losses, state.step, wall, trainable_digest(trainable), model_dir)
+
+
+def _progress(cfg: TrainConfig, env: Dist, total: int, done: int):
+    if not (cfg.progress and env.main):
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=done, desc=f"stage {cfg.stage}", unit="step", file=sys.stderr)
+
+
+def _log(cfg: TrainConfig, env: Dist, bar, state: TrainState, loss: float, lr: float, utt_s: float,
+         audio_s: float) -> None:
+    if not env.main:
+        return
+    if bar is not None:
+        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", utt_s=f"{utt_s:.1f}", audio_x=f"{audio_s:.1f}")
+        bar.update(1)
+    if state.step % cfg.log_every == 0:
+        line = {"step": state.step, "epoch": state.epoch, "loss": loss, "lr": lr, "utterances_per_s": utt_s,
+                "audio_seconds_per_s": audio_s}
+        with open(Path(cfg.output_dir) / "train_log.jsonl", "a") as f:
+            f.write(json.dumps(line) + "\n")
+
+
+def _checkpoint(cfg: TrainConfig, env: Dist, trainable, optimizer, scheduler, state: TrainState) -> None:
+    """Rank 0 writes the checkpoint and prunes old ones; the other ranks wait for it."""
+    if env.main:
+        out = Path(cfg.output_dir)
+        save_checkpoint(out / f"{CHECKPOINT_PREFIX}{state.step:06d}", cfg, trainable, optimizer, scheduler, state)
+        stale = checkpoints(out)[: -cfg.keep_checkpoints] if cfg.keep_checkpoints > 0 else []
+        for old in stale:
+            for f in old.iterdir():
+                f.unlink()
+            old.rmdir()
+    if env.world_size > 1:
+        dist.barrier()
+
+
+# ---------------------------------------------------------------------- command line
+def _override(cfg: dict, item: str) -> None:
+    key, sep, value = item.partition("=")
+    if not sep:
+        raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
+    try:
+        cfg[key] = json.loads(value)
+    except json.JSONDecodeError:
+        cfg[key] = value  # a bare string
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    raw = asdict(load_config(args.config))
+    for item in args.set or []:
+        _override(raw, item)
+    cfg = TrainConfig.from_dict(raw)
+    result = train(cfg)
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        last = result.losses[-1] if result.losses else float("nan")
+        print(f"nemo-lite: {result.steps} step(s), final loss {last:.4f}, {result.wall_seconds:.1f} s; "
+              f"model saved to {result.model_dir}", file=sys.stderr)
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return 0
+
+
+def add_train_parser(subparsers) -> argparse.ArgumentParser:
+    """``nemo-lite train --config CONFIG [--set KEY=VALUE ...]`` (works under torchrun unchanged)."""
+    p = subparsers.add_parser("train", help="fine-tune Canary-Qwen or train a Whisper + LLM model (stage 1 or 2)")
+    p.add_argument("--config", required=True, help="training config (.json or .toml); see nemo_lite.train")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config key (VALUE parsed as JSON when it can be), e.g. --set max_steps=10")
+    p.set_defaults(func=cmd_train)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m nemo_lite.train")
+    add_train_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["train", *(sys.argv[1:] if argv is None else argv)])
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,538 @@
+"""WhisperLLM: a frozen Whisper encoder + a linear projector + a causal LM (the "Qwen2-VL audio adapter" design).
+
+Wiring: 16 kHz audio -> Whisper log-mel, padded to 30 s (3000 frames) -> frozen ``WhisperEncoder`` (1500 frames of
+``d_model``) -> ``projector`` (Linear d_model -> LLM hidden, no bias, init N(0, initializer_range)) -> the 1500
+frames spliced into the prompt by :mod:`nemo_lite.injection` -> the LLM (any Qwen2/Qwen3 causal LM, optionally with
+a peft LoRA adapter; :mod:`nemo_lite.llm`) -> greedy decoding through ``generate(inputs_embeds=...)``
+(:mod:`nemo_lite.decoding`). Long audio is cut into 30 s windows by :mod:`nemo_lite.transcription`.
+
+Reference: kulsoom-abdullah/Qwen2-VL-Audio-Adapter (Whisper-large-v3-turbo grafted onto Qwen2-VL-7B), its processor
+and ``scripts/inference.py``. Its prompt is ``<|im_start|>user\\n<|audio_bos|>`` + 1500 x ``<|audio_pad|>`` +
+``<|audio_eos|>\\n{instruction}<|im_end|>\\n<|im_start|>assistant\\n`` and the 1500 pad embeddings are replaced by
+the projected encoder frames. Here the prompt holds ONE ``<|audio_pad|>`` that the injection expands to the 1500
+frames: the LLM sees exactly the same sequence of vectors, and the audio cannot drop out of generation because it
+is spliced into ``inputs_embeds`` before ``generate`` runs (the original needed a patched
+``prepare_inputs_for_generation``). The three audio tokens are added as special tokens when the tokenizer lacks
+them (Qwen3's embedding has spare rows past its 151669 tokens; it is resized only when it is too small).
+
+Checkpoints, all loaded strictly (every tensor used, every parameter filled; meta device, ``assign=True``):
+- nemo_lite's layout (:meth:`WhisperLLM.save_pretrained`): ``whisper_llm.json`` + ``whisper/`` (a Whisper
+  checkpoint) + ``llm/`` (an HF causal LM + tokenizer) + ``projector.safetensors`` (+ ``adapter/``, peft's LoRA
+  format). ``whisper``/``llm`` may instead name other directories or hub ids.
+- a Whisper checkpoint alone: full ``WhisperForConditionalGeneration`` files (``model.encoder.*``; the decoder and
+  ``proj_out`` are skipped on purpose) or ``WhisperModel``/encoder files (``encoder.*``). Without this mapping
+  ``WhisperEncoder.from_pretrained`` on a full checkpoint silently loads nothing.
+- the original project's merged checkpoint (``merge_and_unload`` of Qwen2-VL + audio): Qwen2-VL keys (legacy
+  ``model.*``/``lm_head.*`` or ``model.language_model.*``) + ``audio_encoder.*`` + ``audio_projector.weight``; see
+  :data:`MERGED_KEY_MAP`. The vision tower (``visual.*``) is skipped: this model has no image path. Qwen2-VL's
+  M-RoPE gives every text/audio token the same position on its three axes, which is plain 1-D RoPE, so the text
+  model runs as a ``Qwen2ForCausalLM`` with the same weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoTokenizer,
+    PreTrainedModel,
+    Qwen2Config,
+    WhisperConfig,
+    WhisperFeatureExtractor,
+)
+from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+from . import decoding
+from .audio import SAMPLE_RATE, AudioInput, load_audio
+from .injection import build_inputs_embeds
+from .llm import base_causal_lm, build_llm, finish_after_load, input_embeddings
+from .prompts import text_to_ids
+from .weights import CheckpointError, check_no_meta
+
+HOP = 160  # Whisper mel hop: 10 ms at 16 kHz
+CONV_STRIDE = 2  # Whisper's conv2 stride: two mel frames per encoder frame
+WINDOW_SECONDS = 30  # Whisper's input: 30 s = 3000 mel frames = 1500 encoder frames (max_source_positions)
+HEAD_DIM = 64  # every Whisper size has 64-wide heads (tiny 384/6 ... large 1280/20): heads = d_model // 64
+AUDIO_BOS, AUDIO_PAD, AUDIO_EOS = "<|audio_bos|>", "<|audio_pad|>", "<|audio_eos|>"
+INSTRUCTION = "Transcribe this audio."  # the original project's ASR instruction
+LLM_LORA_TARGETS = r"model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"  # peft fullmatch
+
+CONFIG_FILE = "whisper_llm.json"
+PROJECTOR_FILE = "projector.safetensors"
+ADAPTER_DIR = "adapter"
+WHISPER_SUBDIR, LLM_SUBDIR = "whisper", "llm"
+FORMAT = "nemo_lite.whisper_llm/1"
+
+# Whisper checkpoint key -> our encoder key; prefixes in SKIP are dropped on purpose (the decoder is unused).
+WHISPER_KEY_MAP = [("model.encoder.", "encoder."), ("encoder.", "encoder.")]
+WHISPER_SKIP = ("model.decoder.", "decoder.", "proj_out.")
+# The original project's merged checkpoint -> our keys (first match wins).
+MERGED_KEY_MAP = [
+    ("audio_encoder.", "encoder."),
+    ("audio_projector.", "projector."),
+    ("model.language_model.", "llm.model."),  # Qwen2-VL as transformers >= 4.52 names it in memory
+    ("model.", "llm.model."),  # Qwen2-VL as save_pretrained writes it (legacy names)
+    ("lm_head.", "llm.lm_head."),
+]
+MERGED_SKIP = ("visual.", "model.visual.")  # the vision tower: no image path here
+QWEN2_TEXT_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                   "num_key_value_heads", "hidden_act", "max_position_embeddings", "rms_norm_eps", "initializer_range",
+                   "tie_word_embeddings", "attention_dropout", "bos_token_id", "eos_token_id", "pad_token_id")
+
+
+@dataclass
+class WhisperLLMConfig:
+    """``whisper_llm.json``: what a saved WhisperLLM directory is made of."""
+
+    whisper: str  # Whisper checkpoint: a directory (relative paths: to the model dir) or a hub id
+    llm: str  # causal LM with its tokenizer: a directory (relative: to the model dir) or a hub id
+    instruction: str = INSTRUCTION  # user text after the audio in the prompt
+    format: str = FORMAT  # layout version of this directory
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> WhisperLLMConfig:
+        unknown = sorted(set(raw) - {f.name for f in fields(cls)})
+        if unknown:
+            raise CheckpointError(f"{CONFIG_FILE}: unknown key(s) {unknown}")
+        if raw.get("format", FORMAT) != FORMAT:
+            raise CheckpointError(f"{CONFIG_FILE}: format {raw['format']!r} is not {FORMAT!r}")
+        return cls(**raw)
+
+
+# ---------------------------------------------------------------------- checkpoint files
+def resolve_dir(name_or_path: str | os.PathLike, base: Path | None = None) -> Path:
+    """A local directory (relative to ``base`` when given), or a hub repo downloaded with huggingface_hub."""
+    path = Path(name_or_path).expanduser()
+    if not path.is_absolute() and base is not None and (base / path).is_dir():
+        return base / path
+    if path.is_dir():
+        return path
+    if str(name_or_path).count("/") != 1 or path.exists():
+        raise CheckpointError(f"{name_or_path!r} is neither a directory nor a hub repo id (owner/name)")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(str(name_or_path), allow_patterns=["*.json", "*.safetensors", "*.txt"]))
+    except Exception as err:
+        raise CheckpointError(f"could not fetch {name_or_path!r} from the hub ({type(err).__name__}: {err}); "
+                              "point at a local copy of the checkpoint instead") from err
+
+
+def safetensors_files(ckpt: Path) -> list[Path]:
+    """``model.safetensors``, or the shards named by ``model.safetensors.index.json``."""
+    index = ckpt / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return [ckpt / s for s in shards]
+    if (ckpt / "model.safetensors").is_file():
+        return [ckpt / "model.safetensors"]
+    raise CheckpointError(f"{ckpt} has no model.safetensors (or model.safetensors.index.json)")
+
+
+def map_key(key: str, table: list[tuple[str, str]], skip: tuple[str, ...]) -> str | None:
+    """Checkpoint key -> our key by the first matching prefix; None for a deliberately skipped key."""
+    if key.startswith(skip):
+        return None
+    for theirs, ours in table:
+        if key.startswith(theirs):
+            return ours + key[len(theirs):]
+    return key
+
+
+def read_strict(files: list[Path], expected: dict[str, torch.Size], key_map: Callable[[str], str | None],
+                dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
+    """Every tensor of ``files`` mapped to our keys, cast to ``dtype`` on ``device``; unknown, missing or
+    mis-shaped tensors raise :class:`CheckpointError`."""
+    out: dict[str, torch.Tensor] = {}
+    unexpected: list[str] = []
+    for file in files:
+        with safe_open(str(file), framework="pt", device="cpu") as f:
+            for key in f.keys():
+                ours = key_map(key)
+                if ours is None:
+                    continue
+                if ours not in expected:
+                    unexpected.append(key)
+                    continue
+                t = f.get_tensor(key)
+                if t.shape != expected[ours]:
+                    raise CheckpointError(f"{file}: {key!r} has shape {tuple(t.shape)}, the model expects "
+                                          f"{tuple(expected[ours])}")
+                out[ours] = t.to(device=device, dtype=dtype) if t.is_floating_point() else t.to(device)
+    if unexpected:
+        raise CheckpointError(f"{files[0].parent}: {len(unexpected)} tensor(s) the model does not have, e.g. "
+                              f"{unexpected[:5]}")
+    missing = sorted(set(expected) - set(out))
+    if missing:
+        raise CheckpointError(f"{files[0].parent}: {len(missing)} tensor(s) missing, e.g. {missing[:5]}")
+    return out
+
+
+def _expected(module: nn.Module, prefix: str = "") -> tuple[dict[str, torch.Size], str | None]:
+    """Our keys and shapes for ``module``, less a tied ``lm_head`` (returned separately; checkpoints omit it)."""
+    shapes = {prefix + k: t.shape for k, t in module.state_dict(keep_vars=True).items()}
+    lm = next((m for m in module.modules() if isinstance(m, PreTrainedModel) and hasattr(m, "lm_head")), None)
+    head = next((k for k in shapes if k.endswith("lm_head.weight")), None)
+    if lm is not None and head is not None and getattr(lm.config, "tie_word_embeddings", False):
+        shapes.pop(head)
+        return shapes, head
+    return shapes, None
+
+
+def load_whisper_encoder(source: str | os.PathLike, dtype: torch.dtype, device: torch.device,
+                         base: Path | None = None) -> WhisperEncoder:
+    """The encoder of a Whisper checkpoint (full model or encoder only), loaded strictly."""
+    ckpt = resolve_dir(source, base)
+    config = WhisperConfig.from_pretrained(ckpt)
+    with torch.device("meta"):
+        encoder = WhisperEncoder(config)
+    expected = {"encoder." + k: t.shape for k, t in encoder.state_dict().items()}
+    state = read_strict(safetensors_files(ckpt), expected, lambda k: map_key(k, WHISPER_KEY_MAP, WHISPER_SKIP),
+                        dtype, device)
+    encoder.load_state_dict({k[len("encoder."):]: v for k, v in state.items()}, strict=True, assign=True)
+    check_no_meta(encoder)
+    return encoder.eval()
+
+
+def load_causal_lm(source: str | os.PathLike, dtype: torch.dtype, device: torch.device,
+                   base: Path | None = None) -> tuple[PreTrainedModel, object]:
+    """An HF causal LM (config.json + safetensors + tokenizer files) built on meta and loaded strictly."""
+    ckpt = resolve_dir(source, base)
+    lm = build_llm(AutoConfig.from_pretrained(ckpt), None)
+    expected, head = _expected(lm)
+    state = read_strict(safetensors_files(ckpt), expected, lambda k: k, dtype, device)
+    if head is not None:
+        state[head] = state["model.embed_tokens.weight"]
+    lm.load_state_dict(state, strict=True, assign=True)
+    finish_after_load(lm, device)
+    check_no_meta(lm)
+    return lm.eval(), AutoTokenizer.from_pretrained(ckpt)
+
+
+# ---------------------------------------------------------------------- the model
+class WhisperLLM(nn.Module):
+    """Speech LLM: frozen Whisper encoder -> linear projector -> causal LM (+ optional LoRA)."""
+
+    def __init__(self, encoder: WhisperEncoder, llm, tokenizer, instruction: str = INSTRUCTION) -> None:
+        super().__init__()
+        self.encoder = encoder
+        lm = base_causal_lm(llm)
+        with torch.device("meta"):
+            self.projector = nn.Linear(encoder.config.d_model, lm.config.hidden_size, bias=False)
+        self.llm = llm
+        self.tokenizer = tokenizer
+        self.instruction = instruction
+        missing = [t for t in (AUDIO_BOS, AUDIO_PAD, AUDIO_EOS) if t not in tokenizer.get_vocab()]
+        if missing:
+            tokenizer.add_special_tokens({"additional_special_tokens": missing})
+        self.audio_pad_id = tokenizer.convert_tokens_to_ids(AUDIO_PAD)
+        self.eos_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
+        cfg = encoder.config
+        self.features = WhisperFeatureExtractor(
+            feature_size=cfg.num_mel_bins, sampling_rate=SAMPLE_RATE, hop_length=HOP,
+            chunk_length=cfg.max_source_positions * CONV_STRIDE * HOP // SAMPLE_RATE)
+
+    # ------------------------------------------------------------------ building and loading
+    @classmethod
+    def from_components(cls, whisper: str | os.PathLike, llm: str | os.PathLike | PreTrainedModel,
+                        tokenizer=None, instruction: str = INSTRUCTION, device: str | torch.device = "cpu",
+                        dtype: torch.dtype = torch.float32, seed: int | None = None) -> WhisperLLM:
+        """A new model: a Whisper checkpoint + an LLM (path/hub id, or a loaded HF model with its ``tokenizer``),
+        with a fresh projector drawn from N(0, initializer_range) of the LLM (``seed``: for that draw)."""
+        device = torch.device(device)
+        encoder = load_whisper_encoder(whisper, dtype, device)
+        if isinstance(llm, (str, os.PathLike)):
+            llm, tokenizer = load_causal_lm(llm, dtype, device)
+        elif tokenizer is None:
+            raise ValueError("a loaded LLM needs its tokenizer")
+        model = cls(encoder, llm, tokenizer, instruction)
+        std = base_causal_lm(llm).config.initializer_range
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        weight = torch.randn(model.projector.weight.shape, generator=gen) * std
+        model.projector.weight = nn.Parameter(weight.to(device=device, dtype=dtype))
+        model._fit_embeddings()
+        return model.eval()
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device = "cpu",
+                        dtype: torch.dtype = torch.float32) -> WhisperLLM:
+        """A directory saved by :meth:`save_pretrained`, or the original project's merged checkpoint."""
+        device = torch.device(device)
+        root = resolve_dir(path)
+        if not (root / CONFIG_FILE).is_file():
+            return cls.from_merged(root, device=device, dtype=dtype)
+        cfg = WhisperLLMConfig.from_dict(json.loads((root / CONFIG_FILE).read_text()))
+        encoder = load_whisper_encoder(cfg.whisper, dtype, device, base=root)
+        llm, tokenizer = load_causal_lm(cfg.llm, dtype, device, base=root)
+        model = cls(encoder, llm, tokenizer, cfg.instruction)
+        state = read_strict([root / PROJECTOR_FILE], {"weight": model.projector.weight.shape}, lambda k: k,
+                            dtype, device)
+        model.projector.load_state_dict(state, strict=True, assign=True)
+        model._fit_embeddings()
+        if (root / ADAPTER_DIR).is_dir():
+            model.load_adapter(root / ADAPTER_DIR)
+        check_no_meta(model)
+        return model.eval()
+
+    @classmethod
+    def from_merged(cls, path: str | os.PathLike, whisper_config: WhisperConfig | None = None,
+                    device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> WhisperLLM:
+        """The original project's merged Qwen2-VL + audio checkpoint (see :data:`MERGED_KEY_MAP`)."""
+        device = torch.device(device)
+        root = Path(path)
+        files = safetensors_files(root)
+        raw = json.loads((root / "config.json").read_text())
+        whisper_config = whisper_config or infer_whisper_config(files)
+        with torch.device("meta"):
+            encoder = WhisperEncoder(whisper_config)
+        llm = build_llm(qwen2_text_config(raw), None)
+        model = cls(encoder, llm, AutoTokenizer.from_pretrained(root))
+        expected, head = _expected(model)
+        state = read_strict(files, expected, lambda k: map_key(k, MERGED_KEY_MAP, MERGED_SKIP), dtype, device)
+        if head is not None:
+            state[head] = state["llm.model.embed_tokens.weight"]
+        model.load_state_dict(state, strict=True, assign=True)
+        finish_after_load(model.llm, device)
+        model._fit_embeddings()
+        check_no_meta(model)
+        return model.eval()
+
+    def save_pretrained(self, path: str | os.PathLike, backbones: bool = True,
+                        sources: tuple[str, str] | None = None) -> Path:
+        """Write ``whisper_llm.json`` + ``projector.safetensors`` (+ ``adapter/``). ``backbones``: also write the
+        Whisper encoder (``whisper/``) and the LLM with its tokenizer (``llm/``); otherwise ``sources`` = (whisper,
+        llm) names the checkpoints the config points at."""
+        root = Path(path)
+        root.mkdir(parents=True, exist_ok=True)
+        if backbones:
+            self._save_whisper(root / WHISPER_SUBDIR)
+            self._save_llm(root / LLM_SUBDIR)
+            sources = (WHISPER_SUBDIR, LLM_SUBDIR)
+        elif sources is None:
+            raise ValueError("without backbones, pass sources=(whisper, llm) for the config to point at")
+        cfg = WhisperLLMConfig(whisper=str(sources[0]), llm=str(sources[1]), instruction=self.instruction)
+        (root / CONFIG_FILE).write_text(json.dumps(asdict(cfg), indent=1))
+        save_file({"weight": self.projector.weight.detach().contiguous().cpu()}, str(root / PROJECTOR_FILE))
+        if isinstance(self.llm, PeftModel):
+            self.llm.save_pretrained(str(root / ADAPTER_DIR))
+        return root
+
+    def _save_whisper(self, path: Path) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        self.encoder.config.save_pretrained(path)
+        state = {"model.encoder." + k: v.detach().contiguous().cpu() for k, v in self.encoder.state_dict().items()}
+        save_file(state, str(path / "model.safetensors"))
+
+    def _save_llm(self, path: Path) -> None:
+        """Base LLM weights (LoRA layers unwrapped, LoRA tensors left to ``adapter/``), config and tokenizer."""
+        path.mkdir(parents=True, exist_ok=True)
+        lm = base_causal_lm(self.llm)
+        lm.config.save_pretrained(path)
+        tied = getattr(lm.config, "tie_word_embeddings", False)
+        state = {}
+        for key, t in lm.state_dict().items():
+            if "lora_" in key or (tied and key == "lm_head.weight"):
+                continue
+            state[key.replace(".base_layer.", ".")] = t.detach().contiguous().cpu()
+        save_file(state, str(path / "model.safetensors"))
+        self.tokenizer.save_pretrained(path)
+
+    def _fit_embeddings(self) -> None:
+        """Grow the LLM's embedding (and head) only when the added audio tokens do not fit its spare rows."""
+        lm = base_causal_lm(self.llm)
+        if len(self.tokenizer) > lm.get_input_embeddings().weight.shape[0]:
+            lm.resize_token_embeddings(len(self.tokenizer))
+
+    # ------------------------------------------------------------------ LoRA
+    def add_lora(self, r: int = 64, lora_alpha: float = 16, lora_dropout: float = 0.05,
+                 target_modules: str = LLM_LORA_TARGETS) -> None:
+        """Wrap the LLM's attention and MLP projections with a new LoRA adapter (B = 0: outputs unchanged)."""
+        if isinstance(self.llm, PeftModel):
+            raise ValueError("the LLM already has a LoRA adapter")
+        cfg = LoraConfig(task_type="CAUSAL_LM", r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+                         target_modules=target_modules)
+        self.llm = get_peft_model(self.llm, cfg)
+        self.llm.train(self.training)  # new LoRA dropout modules start in train mode
+
+    def load_adapter(self, adapter_dir: Path) -> None:
+        """A peft adapter directory (adapter_config.json + adapter_model.safetensors), loaded strictly."""
+        self.add_lora(**_lora_kwargs(LoraConfig.from_pretrained(str(adapter_dir))))
+        expected = {k: t.shape for k, t in self.llm.state_dict().items() if "lora_" in k}
+        state = read_strict([adapter_dir / "adapter_model.safetensors"], expected, _peft_key, self.dtype, self.device)
+        result = self.llm.load_state_dict(state, strict=False)
+        if result.unexpected_keys:
+            raise CheckpointError(f"{adapter_dir}: unexpected adapter tensors {result.unexpected_keys[:5]}")
+
+    # ------------------------------------------------------------------ inference
+    @property
+    def device(self) -> torch.device:
+        return self.projector.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.projector.weight.dtype
+
+    @property
+    def window_samples(self) -> int:
+        """Samples in one encoder window (480000 = 30 s for every released Whisper)."""
+        return self.encoder.config.max_source_positions * CONV_STRIDE * HOP
+
+    def prompt_ids(self) -> list[int]:
+        """The original prompt with ONE ``<|audio_pad|>``; the injection expands it to the encoder frames."""
+        head = text_to_ids(self.tokenizer, f"<|im_start|>user\n{AUDIO_BOS}")
+        tail = text_to_ids(self.tokenizer, f"{AUDIO_EOS}\n{self.instruction}<|im_end|>\n<|im_start|>assistant\n")
+        return head + [self.audio_pad_id] + tail
+
+    def audio_features(self, audios: Sequence[np.ndarray]) -> torch.Tensor:
+        """16 kHz arrays (each at most one window) -> log-mel (B, n_mels, 3000), zero-padded to 30 s."""
+        too_long = [len(a) for a in audios if len(a) > self.window_samples]
+        if too_long:
+            limit = self.window_samples / SAMPLE_RATE
+            raise ValueError(f"audio of {max(too_long) / SAMPLE_RATE:.1f} s exceeds the {limit:g} s window; "
+                             "use transcribe(), which splits long audio")
+        feats = self.features([np.asarray(a, dtype=np.float32) for a in audios], sampling_rate=SAMPLE_RATE,
+                              return_tensors="pt")["input_features"]  # (B, n_mels, 3000)
+        return feats.to(device=self.device, dtype=self.dtype)
+
+    def embed_audio(self, audios: Sequence[np.ndarray]) -> list[torch.Tensor]:
+        """Arrays -> per-audio LLM-width frames [(1500, H)]; gradients reach the projector (and the encoder
+        only when its parameters require them)."""
+        feats = self.audio_features(audios)
+        train_encoder = torch.is_grad_enabled() and any(p.requires_grad for p in self.encoder.parameters())
+        with torch.set_grad_enabled(train_encoder):
+            states = self.encoder(feats).last_hidden_state  # (B, 1500, d_whisper)
+        return list(self.projector(states))  # B x (1500, H)
+
+    @torch.inference_mode()
+    def generate(self, audios: Sequence[AudioInput], max_new_tokens: int = 128, batch_size: int = 8,
+                 sample_rate: int = SAMPLE_RATE) -> list[list[int]]:
+        """Greedy answer ids per audio (up to and including ``<|im_end|>``); each audio at most one window."""
+        arrays = [load_audio(a, sample_rate) for a in audios]
+        prompt = torch.tensor(self.prompt_ids(), device=self.device)
+        opts = decoding.GreedyOptions(max_new_tokens=max_new_tokens, eos_id=self.eos_id, pad_id=self.pad_id)
+        out: list[list[int]] = []
+        for start in range(0, len(arrays), batch_size):
+            chunk = arrays[start:start + batch_size]
+            embeds, mask = build_inputs_embeds([prompt] * len(chunk), input_embeddings(self.llm), self.audio_pad_id,
+                                               self.embed_audio(chunk))  # (B, L, H), (B, L)
+            out += decoding.greedy(self.llm, embeds, mask, opts)
+        return out
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+    def transcribe(self, audio: AudioInput | list[AudioInput], batch_size: int = 8,
+                   max_new_tokens: int | None = None, sample_rate: int = SAMPLE_RATE):
+        """Text per input (one input -> str, a list -> list[str]); audio over 30 s is cut into windows of at most
+        30 s at quiet points (:mod:`nemo_lite.longform`) whose texts are joined with spaces."""
+        from .longform import ChunkOptions
+        from .transcription import TranscribeOptions, transcribe
+
+        seconds = self.window_samples / SAMPLE_RATE
+        chunk = ChunkOptions(max_chunk_seconds=seconds, search_seconds=min(5.0, seconds / 2))
+        opts = TranscribeOptions(batch_size=batch_size, max_new_tokens=max_new_tokens, sample_rate=sample_rate,
+                                 chunk=chunk)
+        return transcribe(self, audio, opts)
+
+
+# ---------------------------------------------------------------------- helpers
+def infer_whisper_config(files: list[Path], prefix: str = "audio_encoder.") -> WhisperConfig:
+    """Encoder hyper-parameters from tensor shapes (heads: d_model // 64, as in every Whisper size)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for file in files:
+        with safe_open(str(file), framework="pt") as f:
+            shapes.update({k[len(prefix):]: tuple(f.get_slice(k).get_shape()) for k in f.keys()
+                           if k.startswith(prefix)})
+    if "conv1.weight" not in shapes:
+        raise CheckpointError(f"no {prefix}conv1.weight: not a merged Whisper + LLM checkpoint")
+    d_model, n_mels, _ = shapes["conv1.weight"]
+    layers = {int(m.group(1)) for k in shapes if (m := re.match(r"layers\.(\d+)\.", k))}
+    return WhisperConfig(d_model=d_model, num_mel_bins=n_mels, encoder_layers=len(layers),
+                         encoder_attention_heads=max(1, d_model // HEAD_DIM),
+                         encoder_ffn_dim=shapes["layers.0.fc1.weight"][0],
+                         max_source_positions=shapes["embed_positions.weight"][0])
+
+
+def qwen2_text_config(raw: dict) -> Qwen2Config:
+    """The text model of a Qwen2-VL config.json as a Qwen2 config (M-RoPE on 1-D positions = plain RoPE)."""
+    text = {**raw, **(raw.get("text_config") or {})}
+    rope = text.get("rope_parameters") or text.get("rope_scaling") or {}
+    theta = text.get("rope_theta") or rope.get("rope_theta") or 1_000_000.0
+    kwargs = {k: text[k] for k in QWEN2_TEXT_KEYS if k in text}
+    return Qwen2Config(**kwargs, rope_parameters={"rope_type": "default", "rope_theta": float(theta)})
+
+
+def _lora_kwargs(cfg: LoraConfig) -> dict:
+    targets = cfg.target_modules
+    if not isinstance(targets, str):
+        targets = sorted(targets)
+    return {"r": cfg.r, "lora_alpha": cfg.lora_alpha, "lora_dropout": cfg.lora_dropout, "target_modules": targets}
+
+
+def _peft_key(key: str) -> str:
+    """peft's saved adapter key (adapter name dropped) -> its in-memory key (adapter ``default``)."""
+    return re.sub(r"\.(lora_[AB])\.weight$", r".\1.default.weight", key)
+
+
+# ---------------------------------------------------------------------- random checkpoints (tests, synthetic runs)
+RANDOM_BRANCH_SCALE = 0.1  # random Whisper: position table and encoder residual branches scaled (write_random_whisper)
+TINY_WHISPER = {  # a 2-layer, width-64 Whisper (one 64-wide head; 30 s windows as the real ones); decoder minimal
+    "d_model": 64, "encoder_layers": 2, "encoder_attention_heads": 1, "encoder_ffn_dim": 128, "num_mel_bins": 80,
+    "max_source_positions": 1500, "decoder_layers": 1, "decoder_attention_heads": 1, "decoder_ffn_dim": 64,
+    "vocab_size": 64, "max_target_positions": 16, "dropout": 0.0, "pad_token_id": 0, "bos_token_id": 1,
+    "eos_token_id": 2, "decoder_start_token_id": 3, "begin_suppress_tokens": None, "suppress_tokens": None,
+}
+
+
+def write_random_whisper(path: str | os.PathLike, config: dict = TINY_WHISPER, seed: int = 0) -> Path:
+    """A full random ``WhisperForConditionalGeneration`` checkpoint (``model.encoder.*`` + decoder keys) whose
+    encoder output depends on the audio, as a trained encoder's does.
+
+    Weights follow :func:`nemo_lite.testing.random_tensor` (1/sqrt(fan_in)), then the sinusoidal position table and
+    the encoder's residual-branch outputs (``out_proj``, ``fc2``) are scaled by :data:`RANDOM_BRANCH_SCALE`. Without
+    that, the table and the clip-independent part of random residual branches (attention averaging every frame,
+    GELU's positive mean) dominate: the same frame of two different clips comes out with cosine 0.99 (0.66 here).
+    """
+    from transformers import WhisperForConditionalGeneration
+
+    from .testing import random_tensor
+
+    model = WhisperForConditionalGeneration(WhisperConfig(**config))
+    state = {}
+    for key, t in model.state_dict().items():
+        if key.endswith("embed_positions.weight"):
+            state[key] = t * (RANDOM_BRANCH_SCALE if key.startswith("model.encoder.") else 1.0)
+            continue
+        state[key] = random_tensor(key, tuple(t.shape), seed)
+        if key.startswith("model.encoder.layers.") and (".out_proj." in key or ".fc2." in key):
+            state[key] = state[key] * RANDOM_BRANCH_SCALE
+    model.load_state_dict(state)
+    model.save_pretrained(str(path))
+    return Path(path)
+
+
+def write_random_llm(path: str | os.PathLike, config: dict, seed: int = 0) -> Path:
+    """A random HF causal LM + the real Qwen3 tokenizer files. Weights follow :func:`nemo_lite.testing.random_tensor`
+    (1/sqrt(fan_in) matrices, embeddings N(0, 0.02)), so a random model does not just echo its last input token."""
+    from .testing import random_tensor, write_llm_dir
+
+    write_llm_dir(path, config)
+    lm = build_llm(AutoConfig.for_model(**config), None)
+    tied = config.get("tie_word_embeddings", False)
+    state = {k: random_tensor(k, tuple(t.shape), seed) for k, t in lm.state_dict().items()
+             if not (tied and k == "lm_head.weight")}
+    save_file(state, str(Path(path) / "model.safetensors"))
+    return Path(path)
