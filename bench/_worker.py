@@ -1,0 +1,293 @@
+"""Benchmark worker: one system (nemo_lite or NeMo) in one mode, alone in a fresh process, results as JSON.
+
+Started by ``bench/bench.py`` with either interpreter (nemo_lite's venv, or NeMo's for the reference), as
+``python bench/_worker.py JOB.json RESULT.json``. Only the standard library is imported before the package import
+is timed, so the import figures are the package's own. Peak RSS is this process's ``ru_maxrss``: one system and
+mode per process, so nothing else is counted in it.
+
+Timings (each measured ``repeats`` times; the fastest run is kept, the usual defence against other load):
+- ``perception``: mel + encoder + projection, one clip at a time (``model.perception`` in both systems).
+- ``b1`` / ``bN``: ``generate`` wall time from audio arrays to ids, one clip per call / N clips in one call.
+  Forward hooks on the ``*ForCausalLM`` module split it: the first LLM forward is the prefill over the prompt
+  embeddings; decode time per token is the time from the end of the prefill to the end of the last forward,
+  over the number of forwards after the prefill (so the per-step overhead of Hugging Face's loop is included).
+
+Fidelity (nemo_lite only): the LLM is stepped along a given token path with a KV cache, exactly as greedy
+decoding steps it, and the log-softmax of every step is kept. The exact-mode worker writes its own greedy paths
+and log-probabilities; a fast-mode worker reads them and reports mean KL(exact || mode) and top-1 agreement.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+
+ASR_TEXT = "Transcribe the following: <|audioplaceholder|>"  # Canary-Qwen's ASR prompt (NeMo's form)
+WARMUP_TOKENS = 2  # a first generate() call pays one-off kernel and allocator set-up; not counted
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process so far (Linux reports ``ru_maxrss`` in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def load_avg() -> float:
+    return os.getloadavg()[0]
+
+
+def timed_import(system: str) -> tuple[dict, object]:
+    """Import the package (timed) and return (timings, model class)."""
+    t0 = time.perf_counter()
+    if system == "nemo":
+        from nemo.collections.speechlm2.models import SALM
+
+        return {"import_s": time.perf_counter() - t0}, SALM
+    import nemo_lite
+
+    t1 = time.perf_counter()
+    from nemo_lite import CanaryQwen  # noqa: F401  (the lazy attribute that pulls in torch + transformers)
+
+    t2 = time.perf_counter()
+    return {"import_pkg_s": t1 - t0, "import_s": t2 - t0}, nemo_lite.CanaryQwen
+
+
+class ForwardClock:
+    """Start/end times of every forward of one module (pre/post hooks)."""
+
+    def __init__(self, module) -> None:
+        self.starts: list[float] = []
+        self.ends: list[float] = []
+        module.register_forward_pre_hook(lambda *_: self.starts.append(time.perf_counter()))
+        module.register_forward_hook(lambda *_: self.ends.append(time.perf_counter()))
+
+    def reset(self) -> None:
+        self.starts.clear()
+        self.ends.clear()
+
+    def split(self) -> dict:
+        """Prefill seconds, decode steps and decode seconds of the generate() call since the last reset."""
+        n = len(self.ends)
+        return {"prefill_s": self.ends[0] - self.starts[0], "decode_steps": n - 1,
+                "decode_s": self.ends[-1] - self.ends[0] if n > 1 else 0.0}
+
+
+def causal_lm(llm):
+    """The transformers ``*ForCausalLM`` module inside a (peft-wrapped) LLM: the one generate() calls per step
+    (peft's ``PeftModelForCausalLM`` wrapper is skipped: its generate() goes straight to the inner model)."""
+    for module in llm.modules():
+        cls = type(module)
+        if cls.__name__.endswith("ForCausalLM") and cls.__module__.startswith("transformers."):
+            return module
+    raise RuntimeError("no *ForCausalLM module in the LLM")
+
+
+class LiteRunner:
+    """nemo_lite's CanaryQwen behind the worker's small interface."""
+
+    def __init__(self, cls, job: dict) -> None:
+        self.model = cls.from_pretrained(job["ckpt"], llm_path=job.get("llm_path"), **job["kwargs"])
+        self.llm = self.model.llm
+
+    def perceive(self, audio) -> None:
+        self.model.embed_audio([audio])
+
+    def generate(self, audios: list, max_new_tokens: int) -> list[list[int]]:
+        return self.model.generate(audios=audios, max_new_tokens=max_new_tokens, batch_size=len(audios))
+
+    def decode(self, ids: list[int]) -> str:
+        return self.model.decode(ids)
+
+    def step_logprobs(self, audio, path: list[int]):
+        """Teacher-forced log-softmax (steps, vocab) of every step of greedy decoding along ``path``."""
+        import torch
+
+        from nemo_lite import speed
+        from nemo_lite.injection import build_inputs_embeds
+        from nemo_lite.llm import input_embeddings
+        from nemo_lite.prompts import asr_prompt
+
+        model = self.model
+        embed = input_embeddings(model.llm)
+        ids = model.prompt_ids(asr_prompt(model.cfg.audio_locator_tag))
+        embeds, mask = build_inputs_embeds([ids], embed, model.audio_tag_id, model.embed_audio([audio]))  # (1, L, H)
+        mask = mask.long()
+        if model.merged_lora:
+            speed.ensure_merged(model.llm)
+        out = model.llm(inputs_embeds=embeds, attention_mask=mask, use_cache=True, logits_to_keep=1)
+        rows = [out.logits[0, -1].float().log_softmax(-1)]
+        for tok in path[:-1]:
+            mask = torch.cat([mask, mask.new_ones(1, 1)], dim=1)  # (1, L + step)
+            step = embed(torch.tensor([[tok]], device=embeds.device))  # (1, 1, H)
+            out = model.llm(inputs_embeds=step, attention_mask=mask, past_key_values=out.past_key_values,
+                            use_cache=True)
+            rows.append(out.logits[0, -1].float().log_softmax(-1))
+        return torch.stack(rows)  # (steps, vocab)
+
+
+class NemoRunner:
+    """NeMo's SALM, driven as scripts/make_parity_fixtures.py drives it."""
+
+    def __init__(self, cls, job: dict) -> None:
+        self.model = cls.from_pretrained(job["ckpt"]).eval()
+        self.llm = self.model.llm
+        self.prompt = [{"role": "user", "content": ASR_TEXT}]
+
+    def perceive(self, audio) -> None:
+        import torch
+
+        sig = torch.from_numpy(audio)[None]  # (1, N)
+        self.model.perception(input_signal=sig, input_signal_length=torch.tensor([sig.shape[1]]))
+
+    def generate(self, audios: list, max_new_tokens: int) -> list[list[int]]:
+        import torch
+
+        lens = torch.tensor([len(a) for a in audios])
+        batch = torch.zeros(len(audios), int(lens.max()))  # (B, N) zero-padded
+        for i, a in enumerate(audios):
+            batch[i, : len(a)] = torch.from_numpy(a)
+        out = self.model.generate(prompts=[self.prompt] * len(audios), audios=batch, audio_lens=lens,
+                                  max_new_tokens=max_new_tokens)
+        eos = self.model.text_eos_id
+        return [row[: row.index(eos) + 1] if eos in row else row for row in out.tolist()]
+
+
+def best_of(repeats: int, fn):
+    """Run ``fn`` ``repeats`` times; keep the result with the smallest ``wall_s``."""
+    return min((fn() for _ in range(repeats)), key=lambda r: r["wall_s"])
+
+
+def time_perception(runner, clips: list, repeats: int) -> dict:
+    def once() -> dict:
+        t0, c0 = time.perf_counter(), cpu_seconds()
+        for audio in clips:
+            runner.perceive(audio)
+        return {"wall_s": time.perf_counter() - t0, "cpu_s": cpu_seconds() - c0}
+
+    return best_of(repeats, once)
+
+
+def time_generate(runner, clock: ForwardClock, batches: list[list], max_new_tokens: int, repeats: int) -> dict:
+    """Sum over ``batches`` (each one generate() call) of wall, prefill and decode times; ids of every row."""
+    def once() -> dict:
+        total = {"wall_s": 0.0, "cpu_s": 0.0, "prefill_s": 0.0, "decode_s": 0.0, "decode_steps": 0, "ids": []}
+        for batch in batches:
+            clock.reset()
+            t0, c0 = time.perf_counter(), cpu_seconds()
+            ids = runner.generate(batch, max_new_tokens)
+            total["wall_s"] += time.perf_counter() - t0
+            total["cpu_s"] += cpu_seconds() - c0
+            for key, value in clock.split().items():
+                total[key] += value
+            total["ids"] += ids
+        return total
+
+    return best_of(repeats, once)
+
+
+def fidelity(runner, clips: list, job: dict) -> dict:
+    """Exact mode: write paths + log-probs to ``job['fidelity_dir']``; other modes: compare against them."""
+    import torch
+
+    folder = job["fidelity_dir"]
+    if job["fidelity_role"] == "reference":
+        paths = job["paths"]
+        agree = total = 0
+        for i, (audio, path) in enumerate(zip(clips, paths, strict=True)):
+            logp = runner.step_logprobs(audio, path)  # (steps, vocab)
+            torch.save(logp, os.path.join(folder, f"{i}.pt"))
+            agree += int((logp.argmax(-1) == torch.tensor(path)).sum())
+            total += len(path)
+        with open(os.path.join(folder, "paths.json"), "w") as f:
+            json.dump(paths, f)
+        return {"self_top1": agree / max(total, 1)}  # teacher-forced argmax vs its own greedy ids: should be 1
+    with open(os.path.join(folder, "paths.json")) as f:
+        paths = json.load(f)
+    kl_sum, agree, total = 0.0, 0, 0
+    for i, (audio, path) in enumerate(zip(clips, paths, strict=True)):
+        ref = torch.load(os.path.join(folder, f"{i}.pt")).double()  # (steps, vocab)
+        logp = runner.step_logprobs(audio, path).double()
+        kl_sum += float((ref.exp() * (ref - logp)).sum())
+        agree += int((logp.argmax(-1) == ref.argmax(-1)).sum())
+        total += len(path)
+    return {"kl_mean": kl_sum / max(total, 1), "top1": agree / max(total, 1), "steps": total}
+
+
+def speed_task(runner, clips: list, job: dict) -> dict:
+    import torch
+
+    clock = ForwardClock(causal_lm(runner.llm))
+    mnt, repeats, n = job["max_new_tokens"], job["repeats"], job["batch"]
+    big = [clips[i % len(clips)] for i in range(n)]  # a batch of n built by repeating the clips
+    res: dict = {}
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        runner.generate([min(clips, key=len)], WARMUP_TOKENS)
+        res["warmup_s"] = time.perf_counter() - t0
+        rss = {"load": peak_rss_bytes()}  # peak RSS after each stage: where memory grows
+        cpu0, w0 = cpu_seconds(), time.perf_counter()
+        res["perception"] = time_perception(runner, clips, repeats)
+        rss["perception"] = peak_rss_bytes()
+        res["b1"] = time_generate(runner, clock, [[c] for c in clips], mnt, repeats)
+        rss["b1"] = peak_rss_bytes()
+        res["bN"] = time_generate(runner, clock, [big], mnt, repeats)
+        rss["bN"] = peak_rss_bytes()
+        res["cpu_util"] = (cpu_seconds() - cpu0) / (time.perf_counter() - w0)  # ~threads when not starved
+        res["peak_rss_after"] = rss
+        if job.get("fidelity_role"):
+            paths = job.get("paths") or res["b1"]["ids"]
+            res["fidelity"] = fidelity(runner, clips, {**job, "paths": paths})
+    return res
+
+
+def quality_task(runner, clips: list, job: dict) -> dict:
+    """Greedy transcripts of a manifest's clips (batch ``job['batch']``) + fidelity along exact's paths."""
+    import torch
+
+    res: dict = {"ids": [], "texts": []}
+    with torch.inference_mode():
+        for s in range(0, len(clips), job["batch"]):
+            ids = runner.generate(clips[s:s + job["batch"]], job["max_new_tokens"])
+            res["ids"] += ids
+            res["texts"] += [runner.decode(row) for row in ids]
+        if job.get("fidelity_role"):
+            paths = job.get("paths") or res["ids"]
+            res["fidelity"] = fidelity(runner, clips, {**job, "paths": paths})
+    return res
+
+
+def main() -> None:
+    with open(sys.argv[1]) as f:
+        job = json.load(f)
+    result: dict = {"system": job["system"], "mode": job["mode"], "load_avg_start": load_avg()}
+    timings, cls = timed_import(job["system"])
+    result.update(timings)
+
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(job["threads"])
+    result["threads"] = torch.get_num_threads()
+    with np.load(job["audio_npz"]) as data:
+        clips = [data[f"clip{i}"] for i in range(len(data.files))]
+    t0 = time.perf_counter()
+    runner = (NemoRunner if job["system"] == "nemo" else LiteRunner)(cls, job)
+    result["load_s"] = time.perf_counter() - t0
+    result["peak_rss_load"] = peak_rss_bytes()
+    task = speed_task if job["task"] == "speed" else quality_task
+    result.update(task(runner, clips, job))
+    result["peak_rss"] = peak_rss_bytes()
+    result["load_avg_end"] = load_avg()
+    with open(sys.argv[2], "w") as f:
+        json.dump(result, f)
+
+
+if __name__ == "__main__":
+    main()

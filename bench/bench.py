@@ -1,0 +1,429 @@
+"""Speed, memory and fidelity of nemo_lite's modes, side by side with NeMo, in one run (GitHub issue 5).
+
+Each system/mode runs alone in a fresh subprocess (``bench/_worker.py``), one after another (a full-size model in
+fp32 is ~10 GB, NeMo's ~16 GB: never two at once). Per run: import time, load time, peak RSS (``ru_maxrss``),
+mel+encoder time, prefill time, decode tokens/s and end-to-end RTFx (audio seconds / generate wall seconds) at
+batch 1 and batch N (N clips built by repeating the audio set), threads fixed with ``torch.set_num_threads``.
+Random weights never emit EOS, so every row decodes exactly ``--max-new-tokens`` tokens.
+
+Fidelity vs exact mode (fp32, nemo_lite's default): the exact run's greedy ids are the path; each fast mode is
+stepped along that same path (teacher forcing, KV cache as in greedy decoding) and compared per step: mean
+KL(exact || mode) of the log-softmax and top-1 agreement. With ``--trained-ckpt DIR --manifest M.jsonl`` (NeMo
+manifest lines: ``audio_filepath``, ``text``), every mode also transcribes the manifest: WER and top-1 agreement.
+
+    python bench/bench.py --ckpt /tmp/nemo_lite_full/ckpt --nemo-python /work/nemo-venv/bin/python
+    python bench/bench.py --smoke        # tiny random checkpoint, all code paths, ~1 min
+
+Writes ``bench.json`` and ``bench.md`` into ``--out`` (default bench/results/, git-ignored); prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKER = Path(__file__).resolve().parent / "_worker.py"
+DEFAULT_AUDIO = sorted((ROOT / "tests" / "data").glob("speech_*.wav"))
+SAMPLE_RATE = 16000
+GB = 1e9  # RSS is reported in decimal GB, as the issue's targets are written
+
+# name -> CanaryQwen.from_pretrained keyword arguments. int8 with bf16 is refused by the package (its dynamic
+# int8 kernels take fp32 activations) and int8 with merged LoRA too (int8 weights cannot be unmerged).
+MODES = {
+    "exact": {},
+    "bf16": {"dtype": "bf16"},
+    "int8": {"quantize": "int8"},
+    "merged": {"merge_lora": True},
+    "bf16+merged": {"dtype": "bf16", "merge_lora": True},
+}
+SMOKE_TEXTS = {  # what tests/data's espeak-ng clips say (scripts/make_parity_fixtures.py)
+    "speech_short": "Hello world.",
+    "speech_medium": "The quick brown fox jumps over the lazy dog near the river bank.",
+    "speech_long": "Speech recognition turns spoken words into text. This clip is a little longer, "
+                   "so that the encoder sees many frames and the prompt grows accordingly.",
+}
+
+
+# ---------------------------------------------------------------------- inputs
+def audio_files(items: list[str] | None) -> list[Path]:
+    if not items:
+        return DEFAULT_AUDIO
+    from nemo_lite.audio import AUDIO_EXTENSIONS
+
+    files: list[Path] = []
+    for item in map(Path, items):
+        files += sorted(p for p in item.iterdir() if p.suffix.lower() in AUDIO_EXTENSIONS) if item.is_dir() else [item]
+    if not files:
+        raise SystemExit(f"no audio files in {items}")
+    return files
+
+
+def write_npz(arrays: list[np.ndarray], path: Path) -> Path:
+    np.savez(path, **{f"clip{i}": a.astype(np.float32) for i, a in enumerate(arrays)})
+    return path
+
+
+def read_manifest(path: Path, limit: int | None) -> tuple[list[Path], list[str]]:
+    """NeMo manifest (JSON lines with ``audio_filepath`` and ``text``); relative paths are the manifest's."""
+    files, texts = [], []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        if "audio_filepath" not in row or "text" not in row:
+            raise SystemExit(f"{path}:{n}: a manifest line needs 'audio_filepath' and 'text', got {sorted(row)}")
+        audio = Path(row["audio_filepath"])
+        files.append(audio if audio.is_absolute() else path.parent / audio)
+        texts.append(row["text"])
+    return files[:limit], texts[:limit]
+
+
+def warm_page_cache(ckpt: Path) -> float:
+    """Read the weights file once so every run loads from the page cache, not from disk, whatever its turn."""
+    t0 = time.perf_counter()
+    with open(ckpt / "model.safetensors", "rb", buffering=0) as f:
+        while f.read(1 << 26):
+            pass
+    return time.perf_counter() - t0
+
+
+# ---------------------------------------------------------------------- running workers
+def package_state() -> dict:
+    """Which nemo_lite code ran: git HEAD, dirty flag, and a digest of the package sources as they are now (the
+    repo may change under a long run; runs with different digests are flagged in the report)."""
+    import hashlib
+
+    def git(*cmd: str) -> str:
+        try:
+            return subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    digest = hashlib.sha256()
+    for path in sorted((ROOT / "nemo_lite").rglob("*.py")):
+        digest.update(path.read_bytes())
+    return {"head": git("rev-parse", "--short", "HEAD"), "dirty": bool(git("status", "--porcelain", "nemo_lite")),
+            "sources": digest.hexdigest()[:12]}
+
+
+def run_worker(python: str, job: dict, work: Path, log_dir: Path) -> dict:
+    """One system/mode in a fresh process; its output goes to a log file, its result comes back as JSON."""
+    name = f"{job['task']}-{job['system']}-{job['mode']}".replace("+", "_")
+    job_path, out_path = work / f"{name}.job.json", work / f"{name}.result.json"
+    job_path.write_text(json.dumps(job))
+    threads = str(job["threads"])
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "HF_HUB_OFFLINE": "1",
+           "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    print(f"[bench] {name} ...", end=" ", flush=True, file=sys.stderr)
+    state = package_state()
+    t0 = time.perf_counter()
+    with open(log_dir / f"{name}.log", "w") as log:
+        proc = subprocess.run([python, str(WORKER), str(job_path), str(out_path)], stdout=log, stderr=log,
+                              env=env, cwd=ROOT)
+    print(f"{time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    if proc.returncode != 0:
+        tail = (log_dir / f"{name}.log").read_text().splitlines()[-15:]
+        raise SystemExit(f"worker {name} failed (exit {proc.returncode}); log {log_dir / f'{name}.log'}:\n"
+                         + "\n".join(tail))
+    return {**json.loads(out_path.read_text()), "package": state, "run_s": time.perf_counter() - t0}
+
+
+def speed_runs(args, work: Path, log_dir: Path, npz: Path) -> list[dict]:
+    base = {"task": "speed", "ckpt": str(args.ckpt), "llm_path": args.llm_path, "audio_npz": str(npz),
+            "max_new_tokens": args.max_new_tokens, "repeats": args.repeats, "batch": args.batch,
+            "threads": args.threads}
+    fid_dir = work / "fidelity-speed"
+    fid_dir.mkdir()
+    runs = []
+    for mode in args.modes:
+        role = None if "exact" not in args.modes else ("reference" if mode == "exact" else "compare")
+        job = {**base, "system": "nemo_lite", "mode": mode, "kwargs": MODES[mode], "fidelity_role": role,
+               "fidelity_dir": str(fid_dir)}
+        runs.append(run_worker(sys.executable, job, work, log_dir))
+    if args.nemo_python and not args.no_nemo:
+        runs.append(run_worker(args.nemo_python, {**base, "system": "nemo", "mode": "reference", "kwargs": {}},
+                               work, log_dir))
+    return runs
+
+
+def quality_runs(args, work: Path, log_dir: Path) -> tuple[list[dict], list[str], float]:
+    from nemo_lite.audio import load_audio
+
+    files, refs = read_manifest(Path(args.manifest), args.max_utts)
+    arrays = [load_audio(f) for f in files]
+    npz = write_npz(arrays, work / "manifest_audio.npz")
+    fid_dir = work / "fidelity-quality"
+    fid_dir.mkdir()
+    base = {"task": "quality", "ckpt": str(args.trained_ckpt), "llm_path": args.trained_llm_path,
+            "audio_npz": str(npz), "max_new_tokens": args.quality_max_new_tokens, "batch": args.batch,
+            "threads": args.threads, "fidelity_dir": str(fid_dir)}
+    runs = []
+    for mode in args.modes:
+        role = None if "exact" not in args.modes else ("reference" if mode == "exact" else "compare")
+        runs.append(run_worker(sys.executable, {**base, "system": "nemo_lite", "mode": mode, "kwargs": MODES[mode],
+                                                "fidelity_role": role}, work, log_dir))
+    return runs, refs, sum(len(a) for a in arrays) / SAMPLE_RATE
+
+
+# ---------------------------------------------------------------------- metrics
+def normalize(text: str) -> list[str]:
+    """Lower case, punctuation dropped (apostrophes kept), split on whitespace."""
+    return re.sub(r"[^\w' ]+", " ", text.lower()).split()
+
+
+def edit_distance(ref: list[str], hyp: list[str]) -> int:
+    """Word-level Levenshtein distance (substitutions + deletions + insertions)."""
+    row = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        prev, row[0] = row[0], i
+        for j, h in enumerate(hyp, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
+    return row[-1]
+
+
+def wer(refs: list[str], hyps: list[str]) -> float:
+    """Corpus WER: all word errors over all reference words."""
+    errors = sum(edit_distance(normalize(r), normalize(h)) for r, h in zip(refs, hyps, strict=True))
+    return errors / max(1, sum(len(normalize(r)) for r in refs))
+
+
+def derive(run: dict, audio_s: float, batch_audio_s: float, batch: int) -> dict:
+    """Per-run figures for the table from a worker's raw timings."""
+    b1, bn = run["b1"], run["bN"]
+    return {
+        "perception_s_per_audio_s": run["perception"]["wall_s"] / audio_s,
+        "prefill_b1_s": b1["prefill_s"] / len(b1["ids"]),
+        "prefill_bN_s": bn["prefill_s"],
+        "decode_b1_tok_s": b1["decode_steps"] / b1["decode_s"],
+        "decode_bN_tok_s": batch * bn["decode_steps"] / bn["decode_s"],
+        "rtfx_b1": audio_s / b1["wall_s"],
+        "rtfx_bN": batch_audio_s / bn["wall_s"],
+        "peak_rss_gb": run["peak_rss"] / GB,
+        "load_rss_gb": run["peak_rss_load"] / GB,
+    }
+
+
+def summarize(runs: list[dict], lengths: list[int], batch: int) -> None:
+    """Add derived figures and id comparisons (vs exact, vs NeMo) to each run, in place."""
+    audio_s = sum(lengths) / SAMPLE_RATE
+    batch_audio_s = sum(lengths[i % len(lengths)] for i in range(batch)) / SAMPLE_RATE
+    by_name = {(r["system"], r["mode"]): r for r in runs}
+    exact, nemo = by_name.get(("nemo_lite", "exact")), by_name.get(("nemo", "reference"))
+    for run in runs:
+        run["derived"] = derive(run, audio_s, batch_audio_s, batch)
+        for other, key in ((exact, "same_ids_as_exact"), (nemo, "same_ids_as_nemo")):
+            if other is not None:
+                run[key] = {"b1": run["b1"]["ids"] == other["b1"]["ids"], "bN": run["bN"]["ids"] == other["bN"]["ids"]}
+
+
+def targets(runs: list[dict], batch: int) -> list[tuple[str, str, str, bool | None]]:
+    """The issue's targets: (target, measured, goal, met)."""
+    lite = {r["mode"]: r for r in runs if r["system"] == "nemo_lite"}
+    nemo = next((r for r in runs if r["system"] == "nemo"), None)
+    rows: list[tuple[str, str, str, bool | None]] = []
+    if "exact" in lite:
+        e = lite["exact"]
+        rows += [("import (from nemo_lite import CanaryQwen)", f"{e['import_s']:.2f} s", "<= 2 s", e["import_s"] <= 2),
+                 ("load, exact", f"{e['load_s']:.1f} s", "<= 15 s", e["load_s"] <= 15),
+                 ("peak RSS, exact", f"{e['derived']['peak_rss_gb']:.2f} GB", "<= 11 GB",
+                  e["derived"]["peak_rss_gb"] <= 11)]
+    if "bf16" in lite:
+        gb = lite["bf16"]["derived"]["peak_rss_gb"]
+        rows.append(("peak RSS, bf16", f"{gb:.2f} GB", "<= 6 GB", gb <= 6))
+    if "exact" in lite and nemo is not None:
+        e, n = lite["exact"], nemo
+        same = e["same_ids_as_nemo"]["b1"] and e["same_ids_as_nemo"]["bN"]
+        rows.append(("exact ids == NeMo ids (batch 1 and batch N)", str(same), "True", same))
+        le, ln = e["derived"]["decode_b1_tok_s"], n["derived"]["decode_b1_tok_s"]
+        rows.append(("decode tok/s exact vs NeMo (batch 1)", f"{le:.2f} vs {ln:.2f}", ">= NeMo", le >= ln))
+    if lite:
+        fast = max(lite.values(), key=lambda r: r["derived"]["rtfx_b1"])
+        f1, fn = fast["derived"]["rtfx_b1"], fast["derived"]["rtfx_bN"]
+        if nemo is not None:
+            n1 = nemo["derived"]["rtfx_b1"]
+            rows.append((f"fastest mode ({fast['mode']}) RTFx b1 vs NeMo", f"{f1:.2f} vs {n1:.2f} ({f1 / n1:.2f}x)",
+                         ">= 2x", f1 >= 2 * n1))
+        rows.append((f"fastest mode ({fast['mode']}) batch-{batch} / batch-1 throughput", f"{fn / f1:.2f}x",
+                     ">= 4x", fn >= 4 * f1))
+    return rows
+
+
+# ---------------------------------------------------------------------- report
+def fmt(value, spec: str = ".2f") -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def speed_table(runs: list[dict], batch: int) -> list[str]:
+    head = ["system / mode", "import (s)", "load (s)", "peak RSS: load / end (GB)", "mel+enc (s / audio s)",
+            "prefill b1 (s)", f"prefill b{batch} (s)", "decode b1 (tok/s)", f"decode b{batch} (tok/s)", "RTFx b1",
+            f"RTFx b{batch}", f"b{batch}/b1", "KL vs exact", "top-1 vs exact", "ids = exact", "ids = NeMo", "CPU use",
+            "load avg"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in runs:
+        d, fid = r["derived"], r.get("fidelity", {})
+        imp = (f"{r['import_pkg_s']:.2f} / {r['import_s']:.2f}" if "import_pkg_s" in r else f"{r['import_s']:.2f}")
+        same = {k: r.get(k) for k in ("same_ids_as_exact", "same_ids_as_nemo")}
+        ids = {k: "–" if v is None else ("yes" if v["b1"] and v["bN"] else f"b1 {v['b1']}, bN {v['bN']}")
+               for k, v in same.items()}
+        name = "NeMo 3.0.0 (fp32)" if r["system"] == "nemo" else f"nemo_lite {r['mode']}"
+        cells = [name, imp, f"{r['load_s']:.1f}", f"{d['load_rss_gb']:.2f} / {d['peak_rss_gb']:.2f}",
+                 f"{d['perception_s_per_audio_s']:.3f}",
+                 f"{d['prefill_b1_s']:.2f}", f"{d['prefill_bN_s']:.2f}", f"{d['decode_b1_tok_s']:.2f}",
+                 f"{d['decode_bN_tok_s']:.2f}", f"{d['rtfx_b1']:.2f}", f"{d['rtfx_bN']:.2f}",
+                 f"{d['rtfx_bN'] / d['rtfx_b1']:.2f}", fmt(fid.get("kl_mean"), ".2e"), fmt(fid.get("top1"), ".3f"),
+                 ids["same_ids_as_exact"], ids["same_ids_as_nemo"], f"{r['cpu_util']:.2f}",
+                 f"{r['load_avg_start']:.1f}→{r['load_avg_end']:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def quality_table(runs: list[dict], refs: list[str]) -> list[str]:
+    exact = next((r for r in runs if r["mode"] == "exact"), None)
+    lines = ["| mode | WER | top-1 vs exact | KL vs exact | same text as exact |", "|---|---|---|---|---|"]
+    for r in runs:
+        fid = r.get("fidelity", {})
+        same = None if exact is None else sum(a == b for a, b in zip(r["texts"], exact["texts"], strict=True))
+        lines.append(f"| {r['mode']} | {wer(refs, r['texts']):.3f} | {fmt(fid.get('top1'), '.3f')} | "
+                     f"{fmt(fid.get('kl_mean'), '.2e')} | {'–' if same is None else f'{same}/{len(refs)}'} |")
+    return lines
+
+
+def report(meta: dict, runs: list[dict], quality: dict | None, batch: int) -> str:
+    clips = ", ".join(f"{n} ({s:.1f} s)" for n, s in zip(meta["clips"], meta["clip_seconds"], strict=True))
+    out = [f"# nemo_lite benchmark — {meta['date']}", "",
+           f"Checkpoint `{meta['ckpt']}`; clips: {clips}; batch {batch} = the clips repeated; "
+           f"max_new_tokens {meta['max_new_tokens']}; {meta['threads']} threads; best of {meta['repeats']}; "
+           f"CPU: {meta['cpu']} ({meta['cores']} cores); torch {meta['torch']}; page-cache warm-up "
+           f"{meta['cache_warm_s']:.1f} s.", "",
+           "Import: nemo_lite `import nemo_lite` / `from nemo_lite import CanaryQwen`; NeMo `from "
+           "nemo.collections.speechlm2.models import SALM`. RTFx: audio seconds / generate() wall seconds (mel, "
+           "encoder, prefill and decode). Decode tok/s: new tokens (all rows) per second after the prefill. "
+           "CPU use: CPU seconds / wall seconds of the timed part (about the thread count when the run had the cores "
+           "to itself). Load avg: 1-min load average at the run's start → end (above the core count: other work "
+           "competed).", ""]
+    out += speed_table(runs, batch)
+    states = {json.dumps(r["package"], sort_keys=True) for r in runs if r["system"] == "nemo_lite"}
+    if states:
+        pkg = runs[0]["package"]
+        out += ["", f"nemo_lite code: HEAD {pkg['head']}{' + uncommitted changes' if pkg['dirty'] else ''}, "
+                    f"sources digest {pkg['sources']}."]
+        if len(states) > 1:
+            out.append("**Warning: the nemo_lite sources changed during this run; its rows measured different "
+                       "code** (see `package` per run in bench.json).")
+    rows = targets(runs, batch)
+    if rows:
+        out += ["", "| target | measured | goal | met |", "|---|---|---|---|"]
+        out += [f"| {t} | {m} | {g} | {'yes' if ok else 'NO'} |" for t, m, g, ok in rows]
+    if quality:
+        out += ["", f"Trained checkpoint `{quality['ckpt']}`, manifest `{quality['manifest']}` "
+                    f"({len(quality['refs'])} utterances, {quality['audio_s']:.0f} s):", ""]
+        out += quality_table(quality["runs"], quality["refs"])
+    return "\n".join(out) + "\n"
+
+
+# ---------------------------------------------------------------------- main
+def smoke_setup(args, tmp: Path) -> None:
+    """A tiny random checkpoint used as both the speed and the 'trained' model, with a manifest of the clips."""
+    from nemo_lite.testing import tiny_salm_config, write_checkpoint, write_llm_dir
+
+    ckpt = write_checkpoint(tmp / "tiny", tiny_salm_config(write_llm_dir(tmp / "tiny" / "llm")))
+    manifest = tmp / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps({"audio_filepath": str(p), "text": SMOKE_TEXTS.get(p.stem, "")}) + "\n"
+                                for p in DEFAULT_AUDIO))
+    args.ckpt = args.ckpt or ckpt
+    args.trained_ckpt = args.trained_ckpt or ckpt
+    args.manifest = args.manifest or manifest
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--ckpt", type=Path, help="checkpoint dir (config.json + model.safetensors)")
+    p.add_argument("--llm-path", help="LLM config + tokenizer dir, if the checkpoint's pretrained_llm is unreachable")
+    p.add_argument("--audio", nargs="+", help="audio files or dirs (default: tests/data/speech_*.wav)")
+    p.add_argument("--nemo-python", default=os.environ.get("NEMO_PYTHON"),
+                   help="NeMo's python, to run the reference side by side (default: $NEMO_PYTHON)")
+    p.add_argument("--no-nemo", action="store_true", help="skip NeMo even if --nemo-python / $NEMO_PYTHON is set")
+    p.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES),
+                   help="nemo_lite modes; 'exact' is the fidelity reference (default: all)")
+    p.add_argument("--max-new-tokens", type=int, default=16, help="tokens decoded per row (default 16)")
+    p.add_argument("--batch", type=int, default=8, help="the large batch size (default 8)")
+    p.add_argument("--repeats", type=int, default=1, help="timed repetitions, the fastest kept (default 1)")
+    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads in every run (default 2)")
+    p.add_argument("--trained-ckpt", type=Path, help="a trained checkpoint for WER per mode (with --manifest)")
+    p.add_argument("--trained-llm-path", help="--llm-path for the trained checkpoint")
+    p.add_argument("--manifest", type=Path, help="JSON lines: audio_filepath, text")
+    p.add_argument("--max-utts", type=int, default=200, help="manifest lines used at most (default 200)")
+    p.add_argument("--quality-max-new-tokens", type=int, default=128, help="token budget per utterance (WER runs)")
+    p.add_argument("--no-speed", action="store_true", help="only the trained-checkpoint WER runs")
+    p.add_argument("--smoke", action="store_true", help="tiny random checkpoint for --ckpt and --trained-ckpt")
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="output dir (default bench/results)")
+    args = p.parse_args()
+    if args.trained_ckpt and not args.manifest:
+        p.error("--trained-ckpt needs --manifest")
+    if not args.smoke and not args.ckpt and not args.no_speed:
+        p.error("--ckpt is required (or --smoke, or --no-speed with --trained-ckpt)")
+    args.modes = sorted(set(args.modes), key=list(MODES).index)  # exact first: the others compare against it
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    import torch  # only for the version string; the models run in the workers
+
+    from nemo_lite.audio import load_audio
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    log_dir = args.out / "logs"
+    log_dir.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="nemo_lite_bench_") as tmp:
+        work = Path(tmp)
+        if args.smoke:
+            smoke_setup(args, work)
+        files = audio_files(args.audio)
+        arrays = [load_audio(f) for f in files]
+        cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                    if ln.startswith("model name")), platform.processor())
+        meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "ckpt": str(args.ckpt),
+                "clips": [f.stem for f in files], "clip_seconds": [len(a) / SAMPLE_RATE for a in arrays],
+                "max_new_tokens": args.max_new_tokens, "batch": args.batch, "threads": args.threads,
+                "repeats": args.repeats, "cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
+                "python": sys.version.split()[0], "nemo_python": args.nemo_python, "modes": args.modes,
+                "cache_warm_s": 0.0}
+        runs: list[dict] = []
+        if not args.no_speed:
+            meta["cache_warm_s"] = warm_page_cache(args.ckpt)
+            runs = speed_runs(args, work, log_dir, write_npz(arrays, work / "audio.npz"))
+            summarize(runs, [len(a) for a in arrays], args.batch)
+        quality = None
+        if args.trained_ckpt:
+            q_runs, refs, audio_s = quality_runs(args, work, log_dir)
+            quality = {"ckpt": str(args.trained_ckpt), "manifest": str(args.manifest), "refs": refs,
+                       "audio_s": audio_s, "runs": q_runs, "wer": {r["mode"]: wer(refs, r["texts"]) for r in q_runs}}
+    text = report(meta, runs, quality, args.batch) if runs else report_quality_only(meta, quality)
+    (args.out / "bench.json").write_text(json.dumps({"meta": meta, "runs": runs, "quality": quality,
+                                                     "targets": targets(runs, args.batch) if runs else []}, indent=1))
+    (args.out / "bench.md").write_text(text)
+    print(text)
+
+
+def report_quality_only(meta: dict, quality: dict | None) -> str:
+    if quality is None:
+        return "nothing measured\n"
+    return "\n".join([f"# nemo_lite WER per mode — {meta['date']}", "", *quality_table(quality["runs"],
+                                                                                       quality["refs"])]) + "\n"
+
+
+if __name__ == "__main__":
+    main()
