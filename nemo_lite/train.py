@@ -397,10 +397,9 @@ def train(cfg: TrainConfig, model: nn.Module | None = None) -> TrainResult:
     if cfg.gradient_checkpointing:
         base_causal_lm(model.llm).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     set_train_mode(model, cfg)
-    module = SpeechLoss(model)
-    runner = module
+    runner = SpeechLoss(model)
     if env.world_size > 1:
-        runner = nn.parallel.DistributedDataParallel(module, broadcast_buffers=False)
+        runner = nn.parallel.DistributedDataParallel(runner, broadcast_buffers=False)
 
     items = read_manifest(cfg.train_manifest)
     dataset = SpeechDataset(items)
@@ -412,15 +411,10 @@ def train(cfg: TrainConfig, model: nn.Module | None = None) -> TrainResult:
     optimizer = torch.optim.AdamW(list(trainable.values()), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, cfg.warmup_steps, total, cfg.min_lr_ratio))
-    state = TrainState()
     ckpt = resume_path(cfg)
-    if ckpt is not None:
-        state = load_checkpoint(ckpt, trainable, optimizer, scheduler)
-
-    out = Path(cfg.output_dir)
+    state = load_checkpoint(ckpt, trainable, optimizer, scheduler) if ckpt is not None else TrainState()
     if env.main:
-        out.mkdir(parents=True, exist_ok=True)
-    tokenizer, eos = model.tokenizer, model.eos_id
+        Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
     bar = _progress(cfg, env, total, state.step)
     losses: list[float] = []
     t_start = time.perf_counter()
@@ -432,29 +426,13 @@ def train(cfg: TrainConfig, model: nn.Module | None = None) -> TrainResult:
                                                   num_workers=cfg.num_workers, generator=torch.Generator()))
         for _ in range(state.group, per_epoch):
             t0 = time.perf_counter()
-            loss, utts, seconds = 0.0, 0, 0.0
-            for k in range(cfg.grad_accum):
-                batch = next(loader)
-                answers = [answer_ids(tokenizer, t, eos) for t in batch.texts]
-                sync = env.world_size == 1 or k == cfg.grad_accum - 1
-                with (contextlib.nullcontext() if sync else runner.no_sync()), _autocast(cfg, env.device):
-                    micro = runner(batch.audios, answers)
-                    (micro / cfg.grad_accum).backward()
-                loss += micro.item() / cfg.grad_accum
-                utts += len(batch.audios)
-                seconds += batch.seconds
-            if cfg.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_(list(trainable.values()), cfg.max_grad_norm)
-            optimizer.step()
+            loss, utts, seconds = _optimizer_step(cfg, env, runner, loader, trainable, optimizer)
             scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
             state.step += 1
             state.group += 1
-            loss = _mean_over_ranks(loss, env.world_size, env.device)
-            losses.append(loss)
-            dt = time.perf_counter() - t0
-            _log(cfg, env, bar, state, loss, scheduler.get_last_lr()[0], utts * env.world_size / dt,
-                 seconds * env.world_size / dt)
+            losses.append(_mean_over_ranks(loss, env.world_size, env.device))
+            dt = (time.perf_counter() - t0) / env.world_size
+            _log(cfg, env, bar, state, losses[-1], scheduler.get_last_lr()[0], utts / dt, seconds / dt)
             if state.step == total or (cfg.save_every and state.step % cfg.save_every == 0):
                 _checkpoint(cfg, env, trainable, optimizer, scheduler, state)
             if state.step >= total:
@@ -470,6 +448,29 @@ def train(cfg: TrainConfig, model: nn.Module | None = None) -> TrainResult:
     if env.world_size > 1:
         dist.barrier()
     return TrainResult(losses, state.step, wall, trainable_digest(trainable), model_dir)
+
+
+def _optimizer_step(cfg: TrainConfig, env: Dist, runner: nn.Module, loader, trainable: dict[str, nn.Parameter],
+                    optimizer) -> tuple[float, int, float]:
+    """``grad_accum`` micro-batches (gradients all-reduced on the last only), clipping, one AdamW step.
+    Returns this rank's mean loss, utterances and audio seconds."""
+    model = runner.module.model if isinstance(runner, nn.parallel.DistributedDataParallel) else runner.model
+    loss, utts, seconds = 0.0, 0, 0.0
+    for k in range(cfg.grad_accum):
+        batch = next(loader)
+        answers = [answer_ids(model.tokenizer, t, model.eos_id) for t in batch.texts]
+        sync = env.world_size == 1 or k == cfg.grad_accum - 1
+        with (contextlib.nullcontext() if sync else runner.no_sync()), _autocast(cfg, env.device):
+            micro = runner(batch.audios, answers)
+            (micro / cfg.grad_accum).backward()
+        loss += micro.item() / cfg.grad_accum
+        utts += len(batch.audios)
+        seconds += batch.seconds
+    if cfg.max_grad_norm:
+        torch.nn.utils.clip_grad_norm_(list(trainable.values()), cfg.max_grad_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss, utts, seconds
 
 
 def _progress(cfg: TrainConfig, env: Dist, total: int, done: int):

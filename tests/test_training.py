@@ -262,11 +262,13 @@ def test_config_files(tmp_path, manifest):
 # ---------------------------------------------------------------------- data parallel
 RANK_SCRIPT = """
 import json, os, sys
+import torch
 from nemo_lite.train import TrainConfig, train
 cfg = TrainConfig(**json.loads(open(sys.argv[1]).read()))
 result = train(cfg)
 with open(os.path.join(sys.argv[2], f"digest-{os.environ['RANK']}.json"), "w") as f:
     json.dump({"digest": result.digest, "losses": result.losses}, f)
+torch.distributed.destroy_process_group()
 """
 
 
