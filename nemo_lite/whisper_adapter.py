@@ -510,6 +510,7 @@ def write_random_whisper(path: str | os.PathLike, config: dict = TINY_WHISPER, s
 
     from .testing import random_tensor
 
+    torch.manual_seed(seed)  # the decoder's learned position table keeps HF's random init
     model = WhisperForConditionalGeneration(WhisperConfig(**config))
     state = {}
     for key, t in model.state_dict().items():
