@@ -427,12 +427,13 @@ def train(cfg: TrainConfig, model: nn.Module | None = None) -> TrainResult:
         for _ in range(state.group, per_epoch):
             t0 = time.perf_counter()
             loss, utts, seconds = _optimizer_step(cfg, env, runner, loader, trainable, optimizer)
+            lr = optimizer.param_groups[0]["lr"]  # the rate this step used
             scheduler.step()
             state.step += 1
             state.group += 1
             losses.append(_mean_over_ranks(loss, env.world_size, env.device))
             dt = (time.perf_counter() - t0) / env.world_size
-            _log(cfg, env, bar, state, losses[-1], scheduler.get_last_lr()[0], utts / dt, seconds / dt)
+            _log(cfg, env, bar, state, losses[-1], lr, utts / dt, seconds / dt)
             if state.step == total or (cfg.save_every and state.step % cfg.save_every == 0):
                 _checkpoint(cfg, env, trainable, optimizer, scheduler, state)
             if state.step >= total:

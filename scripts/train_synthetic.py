@@ -60,7 +60,7 @@ LLM_CONFIG = {**testing.TINY_QWEN3}
 FRAMES = 1500  # encoder frames per window: Whisper's 30 s; --frames 200 gives 4 s windows for a quicker run
 STAGES = {  # the two runs; shared keys in COMMON
     1: {"stage": 1, "lr": 3e-3, "warmup_steps": 10, "max_steps": 40},
-    2: {"stage": 2, "lr": 1e-3, "warmup_steps": 20, "max_steps": 450, "lora_r": 64, "lora_alpha": 128,
+    2: {"stage": 2, "lr": 1e-3, "warmup_steps": 20, "max_steps": 600, "lora_r": 64, "lora_alpha": 128,
         "lora_dropout": 0.0},
 }
 MAX_NEW_TOKENS = 16  # per clip in the WER runs: the longest sentence has 6 tokens + <|im_end|>

@@ -163,6 +163,23 @@ def test_teacher_forcing_positions_match_generate(wmodel, clips):
         assert predicted == answer
 
 
+def test_gradient_checkpointing_gives_the_same_gradients(parts, clips):
+    m = wa.WhisperLLM.from_components(*parts, seed=0)
+    m.add_lora(r=4, lora_alpha=8, lora_dropout=0.0)
+    m.train()
+    loss_fn = SpeechLoss(m)
+    audios = [clips["speech_short"], clips["noise"]]
+    answers = [answer_ids(m.tokenizer, "hello world", m.eos_id), [m.eos_id]]
+    grads = []
+    for checkpointing in (False, True):
+        if checkpointing:
+            base_causal_lm(m.llm).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        m.zero_grad()
+        loss_fn(audios, answers).backward()
+        grads.append(m.projector.weight.grad.clone())
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
 # ---------------------------------------------------------------------- what is trained
 def test_stage2_lora_never_touches_the_encoder(parts, manifest, tmp_path):
     m = wa.WhisperLLM.from_components(*parts, seed=0)
