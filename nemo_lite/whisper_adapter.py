@@ -24,9 +24,10 @@ Checkpoints, all loaded strictly (every tensor used, every parameter filled; met
   ``WhisperEncoder.from_pretrained`` on a full checkpoint silently loads nothing.
 - the original project's merged checkpoint (``merge_and_unload`` of Qwen2-VL + audio): Qwen2-VL keys (legacy
   ``model.*``/``lm_head.*`` or ``model.language_model.*``) + ``audio_encoder.*`` + ``audio_projector.weight``; see
-  :data:`MERGED_KEY_MAP`. The vision tower (``visual.*``) is skipped: this model has no image path. Qwen2-VL's
-  M-RoPE gives every text/audio token the same position on its three axes, which is plain 1-D RoPE, so the text
-  model runs as a ``Qwen2ForCausalLM`` with the same weights.
+  :data:`nemo_lite.weights.MERGED_KEY_MAP`. The vision tower (``visual.*``) is skipped: this model has no image
+  path. Qwen2-VL's M-RoPE gives every text/audio token the same position on its three axes, which is plain 1-D
+  RoPE, so the text model runs as a ``Qwen2ForCausalLM`` with the same weights.
+The key tables and the strict safetensors reader live in :mod:`nemo_lite.weights`.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -54,12 +55,12 @@ from transformers import (
 )
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from . import decoding
+from . import decoding, weights
 from .audio import SAMPLE_RATE, AudioInput, load_audio
 from .injection import build_inputs_embeds
 from .llm import base_causal_lm, build_llm, finish_after_load, input_embeddings
 from .prompts import text_to_ids
-from .weights import CheckpointError, check_no_meta
+from .weights import CheckpointError, check_no_meta, read_strict, resolve_dir, safetensors_files
 
 HOP = 160  # Whisper mel hop: 10 ms at 16 kHz
 CONV_STRIDE = 2  # Whisper's conv2 stride: two mel frames per encoder frame
@@ -75,18 +76,6 @@ ADAPTER_DIR = "adapter"
 WHISPER_SUBDIR, LLM_SUBDIR = "whisper", "llm"
 FORMAT = "nemo_lite.whisper_llm/1"
 
-# Whisper checkpoint key -> our encoder key; prefixes in SKIP are dropped on purpose (the decoder is unused).
-WHISPER_KEY_MAP = [("model.encoder.", "encoder."), ("encoder.", "encoder.")]
-WHISPER_SKIP = ("model.decoder.", "decoder.", "proj_out.")
-# The original project's merged checkpoint -> our keys (first match wins).
-MERGED_KEY_MAP = [
-    ("audio_encoder.", "encoder."),
-    ("audio_projector.", "projector."),
-    ("model.language_model.", "llm.model."),  # Qwen2-VL as transformers >= 4.52 names it in memory
-    ("model.", "llm.model."),  # Qwen2-VL as save_pretrained writes it (legacy names)
-    ("lm_head.", "llm.lm_head."),
-]
-MERGED_SKIP = ("visual.", "model.visual.")  # the vision tower: no image path here
 QWEN2_TEXT_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                    "num_key_value_heads", "hidden_act", "max_position_embeddings", "rms_norm_eps", "initializer_range",
                    "tie_word_embeddings", "attention_dropout", "bos_token_id", "eos_token_id", "pad_token_id")
@@ -112,85 +101,6 @@ class WhisperLLMConfig:
 
 
 # ---------------------------------------------------------------------- checkpoint files
-def resolve_dir(name_or_path: str | os.PathLike, base: Path | None = None) -> Path:
-    """A local directory (relative to ``base`` when given), or a hub repo downloaded with huggingface_hub."""
-    path = Path(name_or_path).expanduser()
-    if not path.is_absolute() and base is not None and (base / path).is_dir():
-        return base / path
-    if path.is_dir():
-        return path
-    if str(name_or_path).count("/") != 1 or path.exists():
-        raise CheckpointError(f"{name_or_path!r} is neither a directory nor a hub repo id (owner/name)")
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(str(name_or_path), allow_patterns=["*.json", "*.safetensors", "*.txt"]))
-    except Exception as err:
-        raise CheckpointError(f"could not fetch {name_or_path!r} from the hub ({type(err).__name__}: {err}); "
-                              "point at a local copy of the checkpoint instead") from err
-
-
-def safetensors_files(ckpt: Path) -> list[Path]:
-    """``model.safetensors``, or the shards named by ``model.safetensors.index.json``."""
-    index = ckpt / "model.safetensors.index.json"
-    if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        return [ckpt / s for s in shards]
-    if (ckpt / "model.safetensors").is_file():
-        return [ckpt / "model.safetensors"]
-    raise CheckpointError(f"{ckpt} has no model.safetensors (or model.safetensors.index.json)")
-
-
-def map_key(key: str, table: list[tuple[str, str]], skip: tuple[str, ...]) -> str | None:
-    """Checkpoint key -> our key by the first matching prefix; None for a deliberately skipped key."""
-    if key.startswith(skip):
-        return None
-    for theirs, ours in table:
-        if key.startswith(theirs):
-            return ours + key[len(theirs):]
-    return key
-
-
-def read_strict(files: list[Path], expected: dict[str, torch.Size], key_map: Callable[[str], str | None],
-                dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
-    """Every tensor of ``files`` mapped to our keys, cast to ``dtype`` on ``device``; unknown, missing or
-    mis-shaped tensors raise :class:`CheckpointError`."""
-    out: dict[str, torch.Tensor] = {}
-    unexpected: list[str] = []
-    for file in files:
-        with safe_open(str(file), framework="pt", device="cpu") as f:
-            for key in f.keys():
-                ours = key_map(key)
-                if ours is None:
-                    continue
-                if ours not in expected:
-                    unexpected.append(key)
-                    continue
-                t = f.get_tensor(key)
-                if t.shape != expected[ours]:
-                    raise CheckpointError(f"{file}: {key!r} has shape {tuple(t.shape)}, the model expects "
-                                          f"{tuple(expected[ours])}")
-                out[ours] = t.to(device=device, dtype=dtype) if t.is_floating_point() else t.to(device)
-    if unexpected:
-        raise CheckpointError(f"{files[0].parent}: {len(unexpected)} tensor(s) the model does not have, e.g. "
-                              f"{unexpected[:5]}")
-    missing = sorted(set(expected) - set(out))
-    if missing:
-        raise CheckpointError(f"{files[0].parent}: {len(missing)} tensor(s) missing, e.g. {missing[:5]}")
-    return out
-
-
-def _expected(module: nn.Module, prefix: str = "") -> tuple[dict[str, torch.Size], str | None]:
-    """Our keys and shapes for ``module``, less a tied ``lm_head`` (returned separately; checkpoints omit it)."""
-    shapes = {prefix + k: t.shape for k, t in module.state_dict(keep_vars=True).items()}
-    lm = next((m for m in module.modules() if isinstance(m, PreTrainedModel) and hasattr(m, "lm_head")), None)
-    head = next((k for k in shapes if k.endswith("lm_head.weight")), None)
-    if lm is not None and head is not None and getattr(lm.config, "tie_word_embeddings", False):
-        shapes.pop(head)
-        return shapes, head
-    return shapes, None
-
-
 def load_whisper_encoder(source: str | os.PathLike, dtype: torch.dtype, device: torch.device,
                          base: Path | None = None) -> WhisperEncoder:
     """The encoder of a Whisper checkpoint (full model or encoder only), loaded strictly."""
@@ -199,8 +109,7 @@ def load_whisper_encoder(source: str | os.PathLike, dtype: torch.dtype, device: 
     with torch.device("meta"):
         encoder = WhisperEncoder(config)
     expected = {"encoder." + k: t.shape for k, t in encoder.state_dict().items()}
-    state = read_strict(safetensors_files(ckpt), expected, lambda k: map_key(k, WHISPER_KEY_MAP, WHISPER_SKIP),
-                        dtype, device)
+    state = read_strict(safetensors_files(ckpt), expected, weights.whisper_key, dtype, device)
     encoder.load_state_dict({k[len("encoder."):]: v for k, v in state.items()}, strict=True, assign=True)
     check_no_meta(encoder)
     return encoder.eval()
@@ -211,7 +120,7 @@ def load_causal_lm(source: str | os.PathLike, dtype: torch.dtype, device: torch.
     """An HF causal LM (config.json + safetensors + tokenizer files) built on meta and loaded strictly."""
     ckpt = resolve_dir(source, base)
     lm = build_llm(AutoConfig.from_pretrained(ckpt), None)
-    expected, head = _expected(lm)
+    expected, head = weights.expected_shapes(lm)
     state = read_strict(safetensors_files(ckpt), expected, lambda k: k, dtype, device)
     if head is not None:
         state[head] = state["model.embed_tokens.weight"]
@@ -290,7 +199,7 @@ class WhisperLLM(nn.Module):
     @classmethod
     def from_merged(cls, path: str | os.PathLike, whisper_config: WhisperConfig | None = None,
                     device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> WhisperLLM:
-        """The original project's merged Qwen2-VL + audio checkpoint (see :data:`MERGED_KEY_MAP`)."""
+        """The original project's merged Qwen2-VL + audio checkpoint (keys: ``weights.MERGED_KEY_MAP``)."""
         device = torch.device(device)
         root = Path(path)
         files = safetensors_files(root)
@@ -300,8 +209,8 @@ class WhisperLLM(nn.Module):
             encoder = WhisperEncoder(whisper_config)
         llm = build_llm(qwen2_text_config(raw), None)
         model = cls(encoder, llm, AutoTokenizer.from_pretrained(root))
-        expected, head = _expected(model)
-        state = read_strict(files, expected, lambda k: map_key(k, MERGED_KEY_MAP, MERGED_SKIP), dtype, device)
+        expected, head = weights.expected_shapes(model)
+        state = read_strict(files, expected, weights.merged_key, dtype, device)
         if head is not None:
             state[head] = state["llm.model.embed_tokens.weight"]
         model.load_state_dict(state, strict=True, assign=True)
@@ -485,55 +394,3 @@ def _lora_kwargs(cfg: LoraConfig) -> dict:
 def _peft_key(key: str) -> str:
     """peft's saved adapter key (adapter name dropped) -> its in-memory key (adapter ``default``)."""
     return re.sub(r"\.(lora_[AB])\.weight$", r".\1.default.weight", key)
-
-
-# ---------------------------------------------------------------------- random checkpoints (tests, synthetic runs)
-RANDOM_BRANCH_SCALE = 0.1  # random Whisper: position table and encoder residual branches scaled (write_random_whisper)
-TINY_WHISPER = {  # a 2-layer, width-64 Whisper (one 64-wide head; 30 s windows as the real ones); decoder minimal
-    "d_model": 64, "encoder_layers": 2, "encoder_attention_heads": 1, "encoder_ffn_dim": 128, "num_mel_bins": 80,
-    "max_source_positions": 1500, "decoder_layers": 1, "decoder_attention_heads": 1, "decoder_ffn_dim": 64,
-    "vocab_size": 64, "max_target_positions": 16, "dropout": 0.0, "pad_token_id": 0, "bos_token_id": 1,
-    "eos_token_id": 2, "decoder_start_token_id": 3, "begin_suppress_tokens": None, "suppress_tokens": None,
-}
-
-
-def write_random_whisper(path: str | os.PathLike, config: dict = TINY_WHISPER, seed: int = 0) -> Path:
-    """A full random ``WhisperForConditionalGeneration`` checkpoint (``model.encoder.*`` + decoder keys) whose
-    encoder output depends on the audio, as a trained encoder's does.
-
-    Weights follow :func:`nemo_lite.testing.random_tensor` (1/sqrt(fan_in)), then the sinusoidal position table and
-    the encoder's residual-branch outputs (``out_proj``, ``fc2``) are scaled by :data:`RANDOM_BRANCH_SCALE`. Without
-    that, the table and the clip-independent part of random residual branches (attention averaging every frame,
-    GELU's positive mean) dominate: the same frame of two different clips comes out with cosine 0.99 (0.66 here).
-    """
-    from transformers import WhisperForConditionalGeneration
-
-    from .testing import random_tensor
-
-    torch.manual_seed(seed)  # the decoder's learned position table keeps HF's random init
-    model = WhisperForConditionalGeneration(WhisperConfig(**config))
-    state = {}
-    for key, t in model.state_dict().items():
-        if key.endswith("embed_positions.weight"):
-            state[key] = t * (RANDOM_BRANCH_SCALE if key.startswith("model.encoder.") else 1.0)
-            continue
-        state[key] = random_tensor(key, tuple(t.shape), seed)
-        if key.startswith("model.encoder.layers.") and (".out_proj." in key or ".fc2." in key):
-            state[key] = state[key] * RANDOM_BRANCH_SCALE
-    model.load_state_dict(state)
-    model.save_pretrained(str(path))
-    return Path(path)
-
-
-def write_random_llm(path: str | os.PathLike, config: dict, seed: int = 0) -> Path:
-    """A random HF causal LM + the real Qwen3 tokenizer files. Weights follow :func:`nemo_lite.testing.random_tensor`
-    (1/sqrt(fan_in) matrices, embeddings N(0, 0.02)), so a random model does not just echo its last input token."""
-    from .testing import random_tensor, write_llm_dir
-
-    write_llm_dir(path, config)
-    lm = build_llm(AutoConfig.for_model(**config), None)
-    tied = config.get("tie_word_embeddings", False)
-    state = {k: random_tensor(k, tuple(t.shape), seed) for k, t in lm.state_dict().items()
-             if not (tied and k == "lm_head.weight")}
-    save_file(state, str(Path(path) / "model.safetensors"))
-    return Path(path)

@@ -1,8 +1,9 @@
 """Offline proof that nemo_lite's training works, on CPU in minutes: synthetic speech -> tiny random WhisperLLM.
 
 1. Speaks ``SENTENCES`` with espeak-ng (two voices), resampled to 16 kHz mono wav with sox, plus a JSONL manifest.
-2. Writes a random tiny Whisper (``TINY_WHISPER``: 2 layers, width 64, 30 s windows) and a random tiny Qwen3
-   (``nemo_lite.testing.TINY_QWEN3``: 2 layers, width 64, the real Qwen3 tokenizer) as ordinary checkpoints.
+2. Writes a random tiny Whisper (``nemo_lite.testing.TINY_WHISPER``: 2 layers, width 64, 30 s windows) and a
+   random tiny Qwen3 (``nemo_lite.testing.TINY_QWEN3``: 2 layers, width 64, the real Qwen3 tokenizer) as ordinary
+   checkpoints.
 3. Stage 1 trains the projector only; stage 2 trains the projector + LoRA on the LLM's attention and MLP
    projections, starting from stage 1's saved model. Both go through ``nemo_lite.train.train``.
 4. Scores training-set WER after each stage (``nemo_lite.evaluate``) and writes the loss curves as numbers
@@ -12,7 +13,7 @@ The model has the real layout: 30 s windows, 1500 encoder frames spliced into th
 make a random toy learnable on 2 CPU cores in minutes (a pretrained Whisper and Qwen need none of them); without
 them a first run (HF-style random init, 160 stage-2 steps, 19 min) ignored the audio and ended at WER 85 %:
 - The random Whisper's position table and residual branches are scaled down
-  (:func:`nemo_lite.whisper_adapter.write_random_whisper`), so its frames depend on the audio (cosine 0.66 between
+  (:func:`nemo_lite.testing.write_random_whisper`), so its frames depend on the audio (cosine 0.66 between
   the same frame of two clips, instead of 0.99).
 - Token embeddings are drawn with std ``EMBED_STD`` (the test recipe uses 0.02): with a tied head, a width-64 model
   with 0.02-std embeddings can only produce logits within about +-1.3 over 151936 words.
@@ -41,7 +42,7 @@ from safetensors.torch import load_file, save_file
 from nemo_lite import testing
 from nemo_lite.evaluate import evaluate
 from nemo_lite.train import TrainConfig, train
-from nemo_lite.whisper_adapter import TINY_WHISPER, WhisperLLM, write_random_llm, write_random_whisper
+from nemo_lite.whisper_adapter import WhisperLLM
 
 SENTENCES = [
     "the cat sat on the mat", "open the door please", "it is raining today", "turn left at the corner",
@@ -89,8 +90,8 @@ def make_backbones(root: Path, frames: int = FRAMES) -> tuple[Path, Path]:
     """Random tiny Whisper (``frames`` encoder frames a window) + Qwen3 checkpoints (embeddings rescaled to
     ``EMBED_STD``, q/k norms scaled by ``QK_NORM_SCALE``)."""
     whisper, llm = root / "whisper", root / "llm"
-    write_random_whisper(whisper, {**TINY_WHISPER, "max_source_positions": frames}, seed=0)
-    write_random_llm(llm, LLM_CONFIG, seed=0)
+    testing.write_random_whisper(whisper, {**testing.TINY_WHISPER, "max_source_positions": frames}, seed=0)
+    testing.write_random_llm(llm, LLM_CONFIG, seed=0)
     state = load_file(str(llm / "model.safetensors"))
     state["model.embed_tokens.weight"] *= EMBED_STD / state["model.embed_tokens.weight"].std()
     for key in state:

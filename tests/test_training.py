@@ -37,7 +37,7 @@ CLIPS = {"speech_short": "Hello world.", "speech_medium": "The quick brown fox j
          "silence": "", "noise": "noise"}
 # Whisper windows of 6 s (300 encoder frames) keep these tests fast; the 1500-frame layout is tested in
 # test_whisper_adapter.py. Every clip above fits one window.
-WHISPER = {**wa.TINY_WHISPER, "max_source_positions": 300}
+WHISPER = {**testing.TINY_WHISPER, "max_source_positions": 300}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -68,7 +68,8 @@ def manifest(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def parts(tmp_path_factory):
     root = tmp_path_factory.mktemp("backbones")
-    return wa.write_random_whisper(root / "whisper", WHISPER), wa.write_random_llm(root / "llm", testing.TINY_QWEN3)
+    return (testing.write_random_whisper(root / "whisper", WHISPER),
+            testing.write_random_llm(root / "llm", testing.TINY_QWEN3))
 
 
 def whisper_cfg(manifest, out, parts, **kw) -> TrainConfig:

@@ -32,7 +32,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def parts(tmp_path_factory):
     root = tmp_path_factory.mktemp("whisper_llm")
-    return wa.write_random_whisper(root / "whisper"), wa.write_random_llm(root / "llm", testing.TINY_QWEN3)
+    return testing.write_random_whisper(root / "whisper"), testing.write_random_llm(root / "llm", testing.TINY_QWEN3)
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,8 @@ def model(parts):
 def small_parts(tmp_path_factory, parts):
     """The same LLM with a 6 s-window Whisper (300 frames): for the tests that decode, to keep them fast."""
     root = tmp_path_factory.mktemp("whisper_small")
-    return wa.write_random_whisper(root / "whisper", {**wa.TINY_WHISPER, "max_source_positions": 300}), parts[1]
+    whisper = testing.write_random_whisper(root / "whisper", {**testing.TINY_WHISPER, "max_source_positions": 300})
+    return whisper, parts[1]
 
 
 def test_prompt_layout_matches_the_original(model, clips):
