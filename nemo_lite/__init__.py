@@ -19,16 +19,22 @@ _EXPORTS = {
     "SALMConfig": "nemo_lite.config",
     "Segment": "nemo_lite.transcription",
     "Transcript": "nemo_lite.transcription",
+    "WhisperLLM": "nemo_lite.whisper_adapter",
+    "WhisperLLMConfig": "nemo_lite.whisper_adapter",
+    "TrainConfig": "nemo_lite.train",
+    "load_train_config": "nemo_lite.train",
 }
-__all__ = ["AudioError", "CanaryQwen", "CheckpointError", "ConfigError", "SALMConfig", "Segment", "Transcript",
-           "load_audio"]
+__all__ = ["AudioError", "CanaryQwen", "CheckpointError", "ConfigError", "SALMConfig", "Segment", "TrainConfig",
+           "Transcript", "WhisperLLM", "WhisperLLMConfig", "load_audio", "load_train_config"]
 
 if TYPE_CHECKING:
     from .audio import AudioError, load_audio
     from .config import ConfigError, SALMConfig
     from .model import CanaryQwen
+    from .train import TrainConfig, load_train_config
     from .transcription import Segment, Transcript
     from .weights import CheckpointError
+    from .whisper_adapter import WhisperLLM, WhisperLLMConfig
 
 
 def __getattr__(name: str):

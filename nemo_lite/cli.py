@@ -1,4 +1,5 @@
-"""The ``nemo-lite`` command: ``transcribe`` files, folders and NeMo manifests; ``chat`` with the LLM (adapter off).
+"""The ``nemo-lite`` command: ``transcribe`` files, folders and NeMo manifests; ``chat`` with the LLM (adapter off);
+``train`` from a config (the loop: :mod:`nemo_lite.train`); ``eval`` (:mod:`nemo_lite.evaluate`).
 
 ``nemo-lite transcribe`` takes audio files, directories (scanned recursively for :data:`AUDIO_EXTENSIONS`) and
 NeMo-style manifests (``.json``/``.jsonl``, one JSON object a line with ``audio_filepath``; relative paths resolve
@@ -21,7 +22,7 @@ import json
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -230,6 +231,35 @@ def cmd_chat(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _override(cfg: dict, item: str) -> None:
+    key, sep, value = item.partition("=")
+    if not sep:
+        raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
+    try:
+        cfg[key] = json.loads(value)
+    except json.JSONDecodeError:
+        cfg[key] = value  # a bare string
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import torch.distributed as dist
+
+    from .train import TrainConfig, load_train_config, train
+
+    raw = asdict(load_train_config(args.config))
+    for item in args.set or []:
+        _override(raw, item)
+    cfg = TrainConfig.from_dict(raw)
+    result = train(cfg)
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        last = result.losses[-1] if result.losses else float("nan")
+        print(f"nemo-lite: {result.steps} step(s), final loss {last:.4f}, {result.wall_seconds:.1f} s; "
+              f"model saved to {result.model_dir}", file=sys.stderr)
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return 0
+
+
 # ---------------------------------------------------------------------- arguments
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, help="hub repo id or local checkpoint directory "
@@ -242,6 +272,16 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quantize", choices=["int8"], help="speed mode: int8 dynamic quantization of the LLM (CPU)")
     p.add_argument("--merge-lora", action="store_true",
                    help="speed mode: fold the LoRA adapter into the weights for ASR (unfolded again for LLM mode)")
+
+
+def add_train_parser(subparsers) -> argparse.ArgumentParser:
+    """``nemo-lite train --config CONFIG [--set KEY=VALUE ...]`` (works under torchrun unchanged)."""
+    p = subparsers.add_parser("train", help="fine-tune Canary-Qwen or train a Whisper + LLM model (stage 1 or 2)")
+    p.add_argument("--config", required=True, help="training config (.json or .toml); see nemo_lite.train")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config key (VALUE parsed as JSON when it can be), e.g. --set max_steps=10")
+    p.set_defaults(func=cmd_train)
+    return p
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -264,7 +304,6 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(c)
     c.set_defaults(func=cmd_chat)
     from .evaluate import add_eval_parser
-    from .train import add_train_parser
 
     add_train_parser(sub)  # nemo-lite train --config CONFIG (stage 1/2, both architectures; torchrun-ready)
     add_eval_parser(sub)  # nemo-lite eval MANIFEST --model M (WER/CER after Whisper normalisation, RTFx)

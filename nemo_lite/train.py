@@ -26,18 +26,15 @@ What is trained:
   layers) unless it has one already; CanaryQwen fine-tunes its existing LoRA. ``train_encoder`` (CanaryQwen only)
   also trains the FastConformer. Everything else is frozen and kept in eval mode (BatchNorm statistics stay put).
 
-Loss: teacher forcing, cross-entropy on the answer tokens only (the transcript + ``<|im_end|>``); every other
-position's label is -100. Rows are left-padded after the audio splice and the LLM gets explicit
-``position_ids = cumsum(mask) - 1`` (clamped at 0), the positions ``generate`` uses. Logits are computed only at
-the labelled positions (a 151936-word head over 1500 audio frames would dominate time and memory).
+Loss (:mod:`nemo_lite.loss`): teacher forcing, cross-entropy on the answer tokens only (transcript +
+``<|im_end|>``), logits computed at the labelled positions only.
 
 Optimisation: AdamW, linear warm-up then cosine decay to ``min_lr_ratio * lr``, gradient accumulation, gradient
 clipping, bf16 autocast on CUDA (fp32 on CPU), optional gradient checkpointing.
 
-Checkpoints (``output_dir/checkpoint-NNNNNN/``): ``trainable.safetensors`` (the trained tensors only, by parameter
-name), ``train_config.json``, ``trainer_state.pt`` (optimizer, scheduler, step, epoch, position in the epoch,
-RNG). ``"resume": "auto"`` (or a checkpoint path) continues from one, bit-exactly. The final model goes to
-``output_dir/model``: WhisperLLM in its own layout, CanaryQwen in the hub layout via :mod:`nemo_lite.export`.
+Checkpoints (:mod:`nemo_lite.checkpointing`): ``output_dir/checkpoint-NNNNNN/`` holds the trained tensors,
+the config and the optimizer/scheduler/RNG state; ``"resume": "auto"`` (or a checkpoint path) continues
+from one, bit-exactly. The final model goes to ``output_dir/model``.
 
 Data parallel: under ``torchrun`` (WORLD_SIZE > 1) the process group is initialised (NCCL on CUDA, gloo on CPU),
 the model is wrapped in ``DistributedDataParallel``, each rank reads its share of the batches
@@ -49,33 +46,35 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from peft import PeftModel
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
+from .checkpointing import (
+    CHECKPOINT_PREFIX,
+    TrainState,
+    checkpoints,
+    load_checkpoint,
+    resume_path,
+    save_checkpoint,
+    save_final,
+    trainable_digest,
+)
 from .data import BucketBatchSampler, SpeechDataset, collate, read_manifest
-from .injection import build_inputs_embeds
-from .llm import base_causal_lm, input_embeddings
-from .prompts import asr_prompt, encode_dialog, text_to_ids
+from .llm import base_causal_lm
+from .loss import SpeechLoss, answer_ids
 from .whisper_adapter import INSTRUCTION, LLM_LORA_TARGETS, WhisperLLM
 
-IGNORE = -100  # label of positions without loss (torch's cross_entropy ignore_index)
 ARCHITECTURES = ("canary_qwen", "whisper_llm")
-CHECKPOINT_PREFIX = "checkpoint-"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -141,7 +140,7 @@ class TrainConfig:
         return cls(**raw)
 
 
-def load_config(path: str | os.PathLike) -> TrainConfig:
+def load_train_config(path: str | os.PathLike) -> TrainConfig:
     """A JSON (``.json``) or TOML (``.toml``) training config."""
     path = Path(path)
     if path.suffix == ".toml":
@@ -192,73 +191,7 @@ def set_train_mode(model: nn.Module, cfg: TrainConfig) -> None:
         model.perception.encoder.eval()
 
 
-# ---------------------------------------------------------------------- batches and loss
-@dataclass
-class TrainBatch:
-    embeds: torch.Tensor  # (B, L, H) left-padded LLM inputs, audio spliced in
-    mask: torch.Tensor  # (B, L) bool, False on padding
-    positions: torch.Tensor  # (B, L) cumsum(mask) - 1, clamped at 0
-    labels: torch.Tensor  # (B, L) answer ids at the answer positions, IGNORE elsewhere
-
-
-def prompt_and_placeholder(model: nn.Module) -> tuple[list[int], int]:
-    """The inference prompt (one audio placeholder) and the placeholder id, per architecture."""
-    if isinstance(model, WhisperLLM):
-        return model.prompt_ids(), model.audio_pad_id
-    return encode_dialog(model.tokenizer, asr_prompt(model.cfg.audio_locator_tag)), model.audio_tag_id
-
-
-def audio_embeddings(model: nn.Module, audios: list[np.ndarray]) -> list[torch.Tensor]:
-    """Per-clip LLM-width audio frames, with gradients to whatever is trainable."""
-    if isinstance(model, WhisperLLM):
-        return model.embed_audio(audios)
-    lengths = torch.tensor([len(a) for a in audios], device=model.device)
-    batch = torch.zeros(len(audios), int(lengths.max()), device=model.device)  # (B, N)
-    for i, a in enumerate(audios):
-        batch[i, : len(a)] = torch.from_numpy(np.asarray(a, dtype=np.float32))
-    return model.perception.embed_list(batch, lengths)
-
-
-def answer_ids(tokenizer, text: str, eos_id: int) -> list[int]:
-    """The supervised answer: the transcript's tokens + ``<|im_end|>``."""
-    return text_to_ids(tokenizer, text) + [eos_id]
-
-
-def build_batch(embed: nn.Embedding, prompt: list[int], placeholder: int, audio: list[torch.Tensor],
-                answers: list[list[int]]) -> TrainBatch:
-    """Rows ``prompt + answer`` with the audio spliced at the placeholder, left-padded, with labels."""
-    device = embed.weight.device
-    rows = [torch.tensor(prompt + ans, device=device) for ans in answers]
-    embeds, mask = build_inputs_embeds(rows, embed, placeholder, audio)  # (B, L, H), (B, L)
-    labels = torch.full(mask.shape, IGNORE, dtype=torch.long, device=device)  # (B, L)
-    for i, ans in enumerate(answers):
-        labels[i, mask.shape[1] - len(ans):] = torch.tensor(ans, device=device)
-    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, L)
-    return TrainBatch(embeds, mask, positions, labels)
-
-
-class SpeechLoss(nn.Module):
-    """Model + loss in one module, so DistributedDataParallel sees every trained parameter in its forward."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        self.prompt, self.placeholder = prompt_and_placeholder(model)
-
-    def forward(self, audios: list[np.ndarray], answers: list[list[int]]) -> torch.Tensor:
-        llm = self.model.llm
-        batch = build_batch(input_embeddings(llm), self.prompt, self.placeholder,
-                            audio_embeddings(self.model, audios), answers)
-        lm = base_causal_lm(llm)
-        hidden = lm.model(inputs_embeds=batch.embeds, attention_mask=batch.mask.long(), position_ids=batch.positions,
-                          use_cache=False).last_hidden_state  # (B, L, H)
-        targets = batch.labels[:, 1:]  # (B, L-1): position t predicts token t+1
-        keep = targets != IGNORE
-        logits = lm.lm_head(hidden[:, :-1][keep])  # (N, V) at labelled positions only
-        return F.cross_entropy(logits.float(), targets[keep])
-
-
-# ---------------------------------------------------------------------- schedule, distributed, checkpoints
+# ---------------------------------------------------------------------- schedule, distributed
 def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
     """Linear warm-up over ``warmup`` steps, then cosine from 1 to ``min_ratio`` at ``total``."""
     if step < warmup:
@@ -290,78 +223,6 @@ def init_distributed(cfg: TrainConfig) -> Dist:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     rank = dist.get_rank() if dist.is_initialized() else 0
     return Dist(rank, world, device)
-
-
-def trainable_digest(trainable: dict[str, nn.Parameter]) -> str:
-    """sha256 over the trained tensors' bytes, by name: equal digests = identical weights."""
-    h = hashlib.sha256()
-    for name in sorted(trainable):
-        h.update(name.encode())
-        h.update(trainable[name].detach().float().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-@dataclass
-class TrainState:
-    step: int = 0  # optimizer steps done
-    epoch: int = 0  # current epoch
-    group: int = 0  # optimizer steps done within the current epoch
-
-
-def save_checkpoint(path: Path, cfg: TrainConfig, trainable: dict[str, nn.Parameter], optimizer, scheduler,
-                    state: TrainState) -> None:
-    path.mkdir(parents=True, exist_ok=True)
-    save_file({k: p.detach().contiguous().cpu() for k, p in trainable.items()}, str(path / "trainable.safetensors"))
-    (path / "train_config.json").write_text(json.dumps(asdict(cfg), indent=1))
-    rng = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
-    torch.save({"state": asdict(state), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "rng": rng}, path / "trainer_state.pt")
-
-
-def load_checkpoint(path: Path, trainable: dict[str, nn.Parameter], optimizer, scheduler) -> TrainState:
-    """Trained tensors (exactly the set this run trains), optimizer, scheduler and RNG from ``path``."""
-    with safe_open(str(path / "trainable.safetensors"), framework="pt") as f:
-        keys = set(f.keys())
-        if keys != set(trainable):
-            missing, extra = sorted(set(trainable) - keys)[:5], sorted(keys - set(trainable))[:5]
-            raise ValueError(f"{path}: checkpoint tensors differ from this run's trainable set: "
-                             f"missing {missing}, unexpected {extra}")
-        with torch.no_grad():
-            for name, p in trainable.items():
-                p.copy_(f.get_tensor(name))
-    blob = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=True)
-    optimizer.load_state_dict(blob["optimizer"])
-    scheduler.load_state_dict(blob["scheduler"])
-    torch.set_rng_state(blob["rng"]["torch"])
-    if "cuda" in blob["rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(blob["rng"]["cuda"])
-    return TrainState(**blob["state"])
-
-
-def checkpoints(output_dir: Path) -> list[Path]:
-    return sorted(p for p in output_dir.glob(f"{CHECKPOINT_PREFIX}*") if (p / "trainer_state.pt").is_file())
-
-
-def resume_path(cfg: TrainConfig) -> Path | None:
-    if cfg.resume is None:
-        return None
-    if cfg.resume == "auto":
-        found = checkpoints(Path(cfg.output_dir))
-        return found[-1] if found else None
-    return Path(cfg.resume)
-
-
-def save_final(model: nn.Module, cfg: TrainConfig) -> Path:
-    """The trained model, loadable on its own: WhisperLLM layout, or the hub layout for CanaryQwen."""
-    out = Path(cfg.output_dir) / "model"
-    if isinstance(model, WhisperLLM):
-        return model.save_pretrained(out)
-    from .export import export_canary
-    from .weights import resolve_checkpoint
-
-    return export_canary(model, out, source=resolve_checkpoint(cfg.model), dtype=DTYPES[cfg.export_dtype])
 
 
 # ---------------------------------------------------------------------- the loop
@@ -445,7 +306,8 @@ def train(cfg: TrainConfig, model: nn.Module | None = None) -> TrainResult:
         bar.close()
     wall = time.perf_counter() - t_start
     model.eval()
-    model_dir = save_final(model, cfg) if env.main else None
+    out = Path(cfg.output_dir) / "model"
+    model_dir = save_final(model, out, cfg.model, DTYPES[cfg.export_dtype]) if env.main else None
     if env.world_size > 1:
         dist.barrier()
     return TrainResult(losses, state.step, wall, trainable_digest(trainable), model_dir)
@@ -511,42 +373,11 @@ def _checkpoint(cfg: TrainConfig, env: Dist, trainable, optimizer, scheduler, st
 
 
 # ---------------------------------------------------------------------- command line
-def _override(cfg: dict, item: str) -> None:
-    key, sep, value = item.partition("=")
-    if not sep:
-        raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
-    try:
-        cfg[key] = json.loads(value)
-    except json.JSONDecodeError:
-        cfg[key] = value  # a bare string
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    raw = asdict(load_config(args.config))
-    for item in args.set or []:
-        _override(raw, item)
-    cfg = TrainConfig.from_dict(raw)
-    result = train(cfg)
-    if not dist.is_initialized() or dist.get_rank() == 0:
-        last = result.losses[-1] if result.losses else float("nan")
-        print(f"nemo-lite: {result.steps} step(s), final loss {last:.4f}, {result.wall_seconds:.1f} s; "
-              f"model saved to {result.model_dir}", file=sys.stderr)
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    return 0
-
-
-def add_train_parser(subparsers) -> argparse.ArgumentParser:
-    """``nemo-lite train --config CONFIG [--set KEY=VALUE ...]`` (works under torchrun unchanged)."""
-    p = subparsers.add_parser("train", help="fine-tune Canary-Qwen or train a Whisper + LLM model (stage 1 or 2)")
-    p.add_argument("--config", required=True, help="training config (.json or .toml); see nemo_lite.train")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a config key (VALUE parsed as JSON when it can be), e.g. --set max_steps=10")
-    p.set_defaults(func=cmd_train)
-    return p
-
-
 def main(argv: list[str] | None = None) -> int:
+    """``python -m nemo_lite.train --config CONFIG [--set KEY=VALUE ...]`` (what ``torchrun -m nemo_lite.train``
+    runs): the ``nemo-lite train`` subcommand of :mod:`nemo_lite.cli`."""
+    from .cli import add_train_parser
+
     parser = argparse.ArgumentParser(prog="python -m nemo_lite.train")
     add_train_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["train", *(sys.argv[1:] if argv is None else argv)])

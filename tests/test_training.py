@@ -21,16 +21,8 @@ from nemo_lite import testing
 from nemo_lite import whisper_adapter as wa
 from nemo_lite.data import BucketBatchSampler, read_manifest
 from nemo_lite.llm import base_causal_lm, input_embeddings
-from nemo_lite.train import (
-    IGNORE,
-    SpeechLoss,
-    TrainConfig,
-    answer_ids,
-    build_batch,
-    configure_trainable,
-    load_config,
-    train,
-)
+from nemo_lite.loss import IGNORE, SpeechLoss, answer_ids, build_batch
+from nemo_lite.train import TrainConfig, configure_trainable, load_train_config, train
 
 DATA = Path(__file__).resolve().parent / "data"
 CLIPS = {"speech_short": "Hello world.", "speech_medium": "The quick brown fox jumps over the lazy dog.",
@@ -266,15 +258,15 @@ def test_canary_export_roundtrip(tiny_ckpt, manifest, tmp_path, clips):
 def test_config_files(tmp_path, manifest):
     (tmp_path / "c.json").write_text(json.dumps({"architecture": "canary_qwen", "train_manifest": str(manifest),
                                                  "output_dir": "out", "model": "x", "stage": 2, "betas": [0.9, 0.98]}))
-    cfg = load_config(tmp_path / "c.json")
+    cfg = load_train_config(tmp_path / "c.json")
     assert cfg.stage == 2 and cfg.betas == (0.9, 0.98)
     (tmp_path / "c.toml").write_text('architecture = "whisper_llm"\ntrain_manifest = "m.jsonl"\n'
                                      'output_dir = "o"\nmodel = "m"\nlr = 2e-4\n')
-    assert load_config(tmp_path / "c.toml").lr == 2e-4
+    assert load_train_config(tmp_path / "c.toml").lr == 2e-4
     (tmp_path / "bad.json").write_text(json.dumps({"architecture": "whisper_llm", "train_manifest": "m",
                                                    "output_dir": "o", "model": "m", "learning_rate": 1}))
     with pytest.raises(ValueError, match="learning_rate"):
-        load_config(tmp_path / "bad.json")
+        load_train_config(tmp_path / "bad.json")
 
 
 # ---------------------------------------------------------------------- data parallel
