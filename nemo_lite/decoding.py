@@ -15,11 +15,14 @@ otherwise need eight times the transient memory of one 40 s clip. Inputs within 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
-from transformers import GenerationConfig
 
 from .llm import base_causal_lm, contiguous_head_input
+
+if TYPE_CHECKING:  # transformers is imported on first use: `from nemo_lite import CanaryQwen` stays fast
+    from transformers import GenerationConfig
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,8 @@ class GreedyOptions:
 
 
 def generation_config(opts: GreedyOptions) -> GenerationConfig:
+    from transformers import GenerationConfig
+
     return GenerationConfig(
         do_sample=False, num_beams=1, max_new_tokens=opts.max_new_tokens,
         eos_token_id=opts.eos_id, pad_token_id=opts.pad_id,

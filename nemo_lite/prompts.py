@@ -8,7 +8,10 @@ appended, tokenized on its own. No system turn, no BOS.
 
 from __future__ import annotations
 
-from transformers import PreTrainedTokenizerBase
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 BOT = "<|im_start|>"
 EOT = "<|im_end|>"

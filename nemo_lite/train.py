@@ -75,6 +75,7 @@ from .loss import SpeechLoss, answer_ids
 from .whisper_adapter import INSTRUCTION, LLM_LORA_TARGETS, WhisperLLM
 
 ARCHITECTURES = ("canary_qwen", "whisper_llm")
+FINAL_MODEL_DIR = "model"  # the trained model goes to output_dir/model (stage 2's `model` after stage 1)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -110,6 +111,7 @@ class TrainConfig:
     bf16: bool = True  # bf16 autocast where the device supports it (CUDA); CPU always runs fp32
     gradient_checkpointing: bool = False  # recompute LLM activations in backward (less memory, ~30% slower)
     num_workers: int = 0  # DataLoader worker processes for audio decoding
+    threads: int = 0  # torch intra-op CPU threads (0: torch's default, one per core); 1 is fastest for tiny models
     log_every: int = 1  # optimizer steps between train_log.jsonl lines
     save_every: int = 0  # optimizer steps between checkpoints (0: only the last step)
     keep_checkpoints: int = 2  # newest checkpoints kept on disk (<= 0: all)
@@ -130,6 +132,8 @@ class TrainConfig:
             raise ValueError("train_encoder applies to canary_qwen only (the Whisper encoder stays frozen)")
         if self.batch_size < 1 or self.grad_accum < 1:
             raise ValueError("batch_size and grad_accum must be >= 1")
+        if self.threads < 0:
+            raise ValueError(f"threads must be >= 0 (0: torch's default), got {self.threads}")
         self.betas = tuple(self.betas)  # JSON gives a list
 
     @classmethod
@@ -157,7 +161,8 @@ def build_model(cfg: TrainConfig, device: torch.device):
     if cfg.architecture == "canary_qwen":
         from .model import CanaryQwen
 
-        return CanaryQwen.from_pretrained(cfg.model, device=device, dtype=dtype, llm_path=cfg.llm)
+        return CanaryQwen.from_pretrained(cfg.model, device=device, dtype=dtype, llm_path=cfg.llm,
+                                          compact_encoder=False)  # the encoder may train: no bf16 at rest
     if cfg.model:
         return WhisperLLM.from_pretrained(cfg.model, device=device, dtype=dtype)
     return WhisperLLM.from_components(cfg.whisper, cfg.llm, instruction=cfg.instruction, device=device, dtype=dtype,
@@ -252,6 +257,8 @@ def _mean_over_ranks(value: float, world: int, device: torch.device) -> float:
 def train(cfg: TrainConfig, model: nn.Module | None = None) -> TrainResult:
     """Run the configured training (``model``: an already loaded model instead of the config's)."""
     env = init_distributed(cfg)
+    if cfg.threads > 0:  # process-wide; set before the model is built
+        torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     model = model if model is not None else build_model(cfg, env.device)
     trainable = configure_trainable(model, cfg)
@@ -306,7 +313,7 @@ def train(cfg: TrainConfig, model: nn.Module | None = None) -> TrainResult:
         bar.close()
     wall = time.perf_counter() - t_start
     model.eval()
-    out = Path(cfg.output_dir) / "model"
+    out = Path(cfg.output_dir) / FINAL_MODEL_DIR
     model_dir = save_final(model, out, cfg.model, DTYPES[cfg.export_dtype]) if env.main else None
     if env.world_size > 1:
         dist.barrier()

@@ -175,3 +175,23 @@ def test_int8_rejects_gpu_or_bf16(tiny_ckpt):
         CanaryQwen.from_pretrained(tiny_ckpt, quantize="int8", dtype="bf16")
     with pytest.raises(ValueError, match="merge_lora"):
         CanaryQwen.from_pretrained(tiny_ckpt, quantize="int8", merge_lora=True)
+
+
+def test_compact_encoder_is_bit_identical_and_stays_narrow(tiny_ckpt):
+    """Exact mode holds the FastConformer layers in the checkpoint's bf16 and widens one layer per call: the
+    embeddings must equal those of an all-fp32 encoder bit for bit, and the weights must be bf16 again after."""
+    import numpy as np
+    import torch
+
+    from nemo_lite import CanaryQwen
+
+    compact = CanaryQwen.from_pretrained(tiny_ckpt)  # auto: fp32 compute from a bf16 file
+    wide = CanaryQwen.from_pretrained(tiny_ckpt, compact_encoder=False)
+    layer_dtypes = {p.dtype for p in compact.perception.encoder.layers.parameters()}
+    assert layer_dtypes == {torch.bfloat16}
+    assert {p.dtype for p in wide.perception.encoder.layers.parameters()} == {torch.float32}
+    audio = [np.random.default_rng(1).standard_normal(n).astype(np.float32) * 0.1 for n in (16000, 23456)]
+    for got, want in zip(compact.embed_audio(audio), wide.embed_audio(audio), strict=True):
+        assert got.dtype == torch.float32
+        assert torch.equal(got, want)
+    assert {p.dtype for p in compact.perception.encoder.layers.parameters()} == layer_dtypes
