@@ -157,12 +157,7 @@ class CanaryQwen(nn.Module):
         not depend on the padding, so results are the same up to float rounding.
         """
         out: list[torch.Tensor] = []
-        start = 0
-        while start < len(audios):
-            end, longest = start + 1, len(audios[start])
-            while end < len(audios) and (end - start + 1) * max(longest, len(audios[end])) <= max_samples:
-                longest = max(longest, len(audios[end]))
-                end += 1
+        for start, end in encoder_groups([len(a) for a in audios], max_samples):
             group = audios[start:end]
             lengths = torch.tensor([len(a) for a in group], device=self.device)
             batch = torch.zeros(len(group), int(lengths.max()), device=self.device)  # (B, N)
@@ -171,7 +166,6 @@ class CanaryQwen(nn.Module):
             out += self.perception.embed_list(batch, lengths)
             del batch
             release_freed_memory()  # encoder temporaries vary in size per call: keep the heap from creeping
-            start = end
         return out
 
     def prompt_ids(self, prompt: list[Turn]) -> torch.Tensor:
@@ -217,10 +211,24 @@ class CanaryQwen(nn.Module):
         self, rows: list[torch.Tensor], row_audios: list[list[np.ndarray]], max_new_tokens: int
     ) -> list[list[int]]:
         flat = [a for audios in row_audios for a in audios]
-        audio_embeds = self.embed_audio(flat) if flat else []
+        return self._decode_rows(rows, self.embed_audio(flat) if flat else [], max_new_tokens)
+
+    @torch.inference_mode()
+    def generate_from_embeddings(self, audio_embeds: list[torch.Tensor], max_new_tokens: int = 128) -> list[list[int]]:
+        """ASR greedy ids for audio already embedded by :meth:`embed_audio` ([(T_i, H)]), all in one batch.
+
+        For callers that embed audio piece by piece and drop the samples before decoding (long-form
+        transcription holds one encoder batch of samples at a time, not a whole decoding batch).
+        """
+        rows = [self.prompt_ids(asr_prompt(self.cfg.audio_locator_tag)) for _ in audio_embeds]
+        return self._decode_rows(rows, list(audio_embeds), max_new_tokens)
+
+    def _decode_rows(self, rows: list[torch.Tensor], audio_embeds: list[torch.Tensor], max_new_tokens: int
+                     ) -> list[list[int]]:
+        """One batch: prompt rows + the audio embeddings of their tags, in tag order -> new ids per row."""
         embeds, mask = build_inputs_embeds(rows, input_embeddings(self.llm), self.audio_tag_id, audio_embeds)
         options = decoding.GreedyOptions(max_new_tokens=max_new_tokens, eos_id=self.eos_id, pad_id=self.pad_id)
-        if flat:
+        if audio_embeds:
             if self.merged_lora:
                 speed.ensure_merged(self.llm)
             return decoding.greedy(self.llm, embeds, mask, options)
@@ -329,6 +337,20 @@ def _load_llm_config_and_tokenizer(cfg: SALMConfig, llm_path):
     # NeMo appends the audio tag as a special token (id 151669 for Qwen3); the embedding keeps its rows.
     tokenizer.add_special_tokens({"additional_special_tokens": [cfg.audio_locator_tag]})
     return llm_config, tokenizer
+
+
+def encoder_groups(lengths: list[int], max_samples: int = ENCODER_BATCH_SAMPLES) -> list[tuple[int, int]]:
+    """Consecutive [start, end) runs of audios that share one zero-padded encoder call: a run grows while
+    (its size) x (its longest audio) stays within ``max_samples``; an audio longer than that runs alone."""
+    groups, start = [], 0
+    while start < len(lengths):
+        end, longest = start + 1, lengths[start]
+        while end < len(lengths) and (end - start + 1) * max(longest, lengths[end]) <= max_samples:
+            longest = max(longest, lengths[end])
+            end += 1
+        groups.append((start, end))
+        start = end
+    return groups
 
 
 def _narrower_in_file(path, keys: frozenset[str], dtype: torch.dtype) -> bool:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from .audio import SAMPLE_RATE, AudioError, AudioInput, FileAudio, load_audio, pad_to_minimum
+from .audio import MIN_SAMPLES, SAMPLE_RATE, AudioError, AudioInput, FileAudio, load_audio, pad_to_minimum
 from .longform import ChunkOptions, LongAudio, scan, split_windows
 from .memory import release_freed_memory
 
@@ -137,17 +137,30 @@ def decode_windows(
     texts = [""] * len(windows)
     for s in range(0, len(order), opts.batch_size):
         chunk = order[s:s + opts.batch_size]
-        clips = [pad_to_minimum(_samples(loaded[windows[k].item], windows[k])) for k in chunk]
         seconds = [(windows[k].end - windows[k].start) / SAMPLE_RATE for k in chunk]
         budgets = [opts.max_new_tokens or token_budget(t) for t in seconds]
-        ids = model.generate(audios=clips, max_new_tokens=max(budgets), batch_size=len(clips))
-        del clips
+        ids = model.generate_from_embeddings(_embed_windows(model, loaded, [windows[k] for k in chunk]),
+                                             max_new_tokens=max(budgets))
         for k, row, budget in zip(chunk, ids, budgets, strict=True):
             texts[k] = model.decode(row[:budget])  # a row's own budget: same ids as decoding it alone
         release_freed_memory()
         if progress is not None:
             progress(sum(seconds))
     return texts
+
+
+def _embed_windows(model: CanaryQwen, loaded: list[Loaded | None], windows: list[_Window]) -> list:
+    """Audio embeddings of ``windows``, one encoder group at a time: only that group's samples are ever held
+    (a decoding batch of eight 40 s windows would otherwise hold 20 MB of samples through the whole batch)."""
+    from .model import encoder_groups
+
+    sizes = [max(w.end - w.start, MIN_SAMPLES) for w in windows]
+    out = []
+    for start, end in encoder_groups(sizes):
+        clips = [pad_to_minimum(_samples(loaded[w.item], w)) for w in windows[start:end]]
+        out += model.embed_audio(clips)
+        del clips
+    return out
 
 
 def _samples(x: Loaded | None, w: _Window) -> np.ndarray:

@@ -117,14 +117,14 @@ def long_audio() -> np.ndarray:
 
 
 def test_long_audio_segments(tiny_model, long_audio, monkeypatch):
-    calls = []
-    original = tiny_model.generate
+    from nemo_lite.model import ENCODER_BATCH_SAMPLES
 
-    def spy(*args, **kwargs):
-        calls.append([len(a) for a in kwargs["audios"]])
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(tiny_model, "generate", spy)
+    embedded, decoded = [], []
+    embed, decode = tiny_model.embed_audio, tiny_model.generate_from_embeddings
+    monkeypatch.setattr(tiny_model, "embed_audio", lambda audios: embedded.append([len(a) for a in audios]) or
+                        embed(audios))
+    monkeypatch.setattr(tiny_model, "generate_from_embeddings", lambda e, **kw: decoded.append(len(e)) or
+                        decode(e, **kw))
     out = tiny_model.transcribe(long_audio, timestamps=True, max_chunk_seconds=LIMIT, batch_size=2,
                                 max_new_tokens=TOKENS)
     monkeypatch.undo()
@@ -135,9 +135,11 @@ def test_long_audio_segments(tiny_model, long_audio, monkeypatch):
         assert a.end == b.start and a.start < a.end
     assert all(s.end - s.start <= LIMIT + 1e-9 for s in segs)
     assert len(segs) >= 21 / LIMIT
-    # Memory: every generate call holds at most batch_size windows, each at most the limit.
-    assert all(len(c) <= 2 and max(c) <= LIMIT * SR for c in calls)
-    assert sum(len(c) for c in calls) == len(segs)
+    # Memory: each decoding batch holds at most batch_size windows, and samples are only held one encoder
+    # group at a time (at most one 40 s window's worth of padded samples, each window at most the limit).
+    assert all(n <= 2 for n in decoded) and sum(decoded) == len(segs)
+    assert all(max(c) <= LIMIT * SR and len(c) * max(c) <= ENCODER_BATCH_SAMPLES for c in embedded)
+    assert sum(len(c) for c in embedded) == len(segs)
     # Each segment is what the window alone transcribes to; the text joins them in order.
     for s in segs:
         alone = tiny_model.transcribe(long_audio[round(s.start * SR):round(s.end * SR)], max_new_tokens=TOKENS)
