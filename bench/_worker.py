@@ -72,11 +72,15 @@ class ForwardClock:
         self.starts.clear()
         self.ends.clear()
 
-    def split(self) -> dict:
-        """Prefill seconds, decode steps and decode seconds of the generate() call since the last reset."""
+    def split(self, new_tokens: int) -> dict:
+        """Prefill seconds, decode steps and decode seconds of the generate() call since the last reset, which
+        produced ``new_tokens`` tokens per row at most (so its last ``new_tokens - 1`` forwards are decode steps).
+        Everything before them is prefill: one forward, or nemo_lite's chunked-prefill forwards plus
+        generate()'s forward of the last prompt position."""
         n = len(self.ends)
-        return {"prefill_s": self.ends[0] - self.starts[0], "decode_steps": n - 1,
-                "decode_s": self.ends[-1] - self.ends[0] if n > 1 else 0.0}
+        first = max(0, n - new_tokens)  # the forward that yields the first new token
+        return {"prefill_s": self.ends[first] - self.starts[0], "decode_steps": n - 1 - first,
+                "decode_s": self.ends[-1] - self.ends[first]}
 
 
 def causal_lm(llm):
@@ -105,31 +109,84 @@ class LiteRunner:
     def decode(self, ids: list[int]) -> str:
         return self.model.decode(ids)
 
-    def step_logprobs(self, audio, path: list[int]):
-        """Teacher-forced log-softmax (steps, vocab) of every step of greedy decoding along ``path``."""
-        import torch
-
-        from nemo_lite import speed
+    def prompt_embeds(self, audio):
+        """The ASR prompt with ``audio`` spliced in: embeddings (1, L, H) + mask (1, L)."""
         from nemo_lite.injection import build_inputs_embeds
         from nemo_lite.llm import input_embeddings
         from nemo_lite.prompts import asr_prompt
 
         model = self.model
-        embed = input_embeddings(model.llm)
         ids = model.prompt_ids(asr_prompt(model.cfg.audio_locator_tag))
-        embeds, mask = build_inputs_embeds([ids], embed, model.audio_tag_id, model.embed_audio([audio]))  # (1, L, H)
+        return build_inputs_embeds([ids], input_embeddings(model.llm), model.audio_tag_id, model.embed_audio([audio]))
+
+    def step_logprobs(self, audio, path: list[int]):
+        """Teacher-forced log-softmax (steps, vocab) of every step of greedy decoding along ``path``."""
+        import torch
+
+        from nemo_lite import speed
+        from nemo_lite.llm import input_embeddings
+
+        llm = self.model.llm
+        embed = input_embeddings(llm)
+        embeds, mask = self.prompt_embeds(audio)  # (1, L, H)
         mask = mask.long()
-        if model.merged_lora:
-            speed.ensure_merged(model.llm)
-        out = model.llm(inputs_embeds=embeds, attention_mask=mask, use_cache=True, logits_to_keep=1)
+        if self.merged:
+            speed.ensure_merged(llm)
+        out = llm(inputs_embeds=embeds, attention_mask=mask, use_cache=True, logits_to_keep=1)
         rows = [out.logits[0, -1].float().log_softmax(-1)]
         for tok in path[:-1]:
             mask = torch.cat([mask, mask.new_ones(1, 1)], dim=1)  # (1, L + step)
             step = embed(torch.tensor([[tok]], device=embeds.device))  # (1, 1, H)
-            out = model.llm(inputs_embeds=step, attention_mask=mask, past_key_values=out.past_key_values,
-                            use_cache=True)
+            out = llm(inputs_embeds=step, attention_mask=mask, past_key_values=out.past_key_values, use_cache=True)
             rows.append(out.logits[0, -1].float().log_softmax(-1))
         return torch.stack(rows)  # (steps, vocab)
+
+    @property
+    def merged(self) -> bool:
+        return self.model.merged_lora
+
+
+class WhisperRunner(LiteRunner):
+    """A trained WhisperLLM (the training issue's small model; its dir holds whisper_llm.json) in the same modes:
+    CanaryQwen's mode arguments mapped onto the Whisper design (dtype at load; int8 / merged LoRA on its LLM)."""
+
+    def __init__(self, cls, job: dict) -> None:
+        from nemo_lite import speed
+        from nemo_lite.whisper_adapter import WhisperLLM
+
+        kwargs = dict(job["kwargs"])
+        self.model = WhisperLLM.from_pretrained(job["ckpt"], dtype=_torch_dtype(kwargs.pop("dtype", "float32")))
+        self.llm = self.model.llm
+        self._merged = bool(kwargs.pop("merge_lora", False))
+        if self._merged:
+            speed.merge_lora(self.llm)
+        if kwargs.pop("quantize", None) == "int8":
+            speed.quantize_int8(self.llm)
+        if kwargs:
+            raise ValueError(f"mode arguments not supported for WhisperLLM: {sorted(kwargs)}")
+
+    @property
+    def merged(self) -> bool:
+        return self._merged
+
+    def generate(self, audios: list, max_new_tokens: int) -> list[list[int]]:
+        return self.model.generate(audios, max_new_tokens=max_new_tokens, batch_size=len(audios))
+
+    def prompt_embeds(self, audio):
+        import torch
+
+        from nemo_lite.injection import build_inputs_embeds
+        from nemo_lite.llm import input_embeddings
+
+        model = self.model
+        ids = torch.tensor(model.prompt_ids(), device=model.device)
+        return build_inputs_embeds([ids], input_embeddings(model.llm), model.audio_pad_id, model.embed_audio([audio]))
+
+
+def _torch_dtype(name: str):
+    import torch
+
+    return {"float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}[name]
 
 
 class NemoRunner:
@@ -184,7 +241,7 @@ def time_generate(runner, clock: ForwardClock, batches: list[list], max_new_toke
             ids = runner.generate(batch, max_new_tokens)
             total["wall_s"] += time.perf_counter() - t0
             total["cpu_s"] += cpu_seconds() - c0
-            for key, value in clock.split().items():
+            for key, value in clock.split(max(len(row) for row in ids)).items():
                 total[key] += value
             total["ids"] += ids
         return total
@@ -278,7 +335,11 @@ def main() -> None:
     with np.load(job["audio_npz"]) as data:
         clips = [data[f"clip{i}"] for i in range(len(data.files))]
     t0 = time.perf_counter()
-    runner = (NemoRunner if job["system"] == "nemo" else LiteRunner)(cls, job)
+    if job["system"] == "nemo":
+        runner_cls = NemoRunner
+    else:
+        runner_cls = WhisperRunner if os.path.exists(os.path.join(job["ckpt"], "whisper_llm.json")) else LiteRunner
+    runner = runner_cls(cls, job)
     result["load_s"] = time.perf_counter() - t0
     result["peak_rss_load"] = peak_rss_bytes()
     task = speed_task if job["task"] == "speed" else quality_task

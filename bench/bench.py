@@ -126,6 +126,8 @@ def run_worker(python: str, job: dict, work: Path, log_dir: Path) -> dict:
     threads = str(job["threads"])
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "HF_HUB_OFFLINE": "1",
            "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    if job["omp_wait_policy"] != "default":
+        env["OMP_WAIT_POLICY"] = job["omp_wait_policy"]
     print(f"[bench] {name} ...", end=" ", flush=True, file=sys.stderr)
     state = package_state()
     t0 = time.perf_counter()
@@ -143,7 +145,7 @@ def run_worker(python: str, job: dict, work: Path, log_dir: Path) -> dict:
 def speed_runs(args, work: Path, log_dir: Path, npz: Path) -> list[dict]:
     base = {"task": "speed", "ckpt": str(args.ckpt), "llm_path": args.llm_path, "audio_npz": str(npz),
             "max_new_tokens": args.max_new_tokens, "repeats": args.repeats, "batch": args.batch,
-            "threads": args.threads}
+            "threads": args.threads, "omp_wait_policy": args.omp_wait_policy}
     fid_dir = work / "fidelity-speed"
     fid_dir.mkdir()
     runs = []
@@ -168,7 +170,7 @@ def quality_runs(args, work: Path, log_dir: Path) -> tuple[list[dict], list[str]
     fid_dir.mkdir()
     base = {"task": "quality", "ckpt": str(args.trained_ckpt), "llm_path": args.trained_llm_path,
             "audio_npz": str(npz), "max_new_tokens": args.quality_max_new_tokens, "batch": args.batch,
-            "threads": args.threads, "fidelity_dir": str(fid_dir)}
+            "threads": args.threads, "omp_wait_policy": args.omp_wait_policy, "fidelity_dir": str(fid_dir)}
     runs = []
     for mode in args.modes:
         role = None if "exact" not in args.modes else ("reference" if mode == "exact" else "compare")
@@ -304,7 +306,8 @@ def report(meta: dict, runs: list[dict], quality: dict | None, batch: int) -> st
     clips = ", ".join(f"{n} ({s:.1f} s)" for n, s in zip(meta["clips"], meta["clip_seconds"], strict=True))
     out = [f"# nemo_lite benchmark — {meta['date']}", "",
            f"Checkpoint `{meta['ckpt']}`; clips: {clips}; batch {batch} = the clips repeated; "
-           f"max_new_tokens {meta['max_new_tokens']}; {meta['threads']} threads; best of {meta['repeats']}; "
+           f"max_new_tokens {meta['max_new_tokens']}; {meta['threads']} threads, OMP_WAIT_POLICY "
+           f"{meta['omp_wait_policy']}; best of {meta['repeats']}; "
            f"CPU: {meta['cpu']} ({meta['cores']} cores); torch {meta['torch']}; page-cache warm-up "
            f"{meta['cache_warm_s']:.1f} s.", "",
            "Import: nemo_lite `import nemo_lite` / `from nemo_lite import CanaryQwen`; NeMo `from "
@@ -361,6 +364,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=8, help="the large batch size (default 8)")
     p.add_argument("--repeats", type=int, default=1, help="timed repetitions, the fastest kept (default 1)")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads in every run (default 2)")
+    p.add_argument("--omp-wait-policy", default="PASSIVE", choices=["PASSIVE", "ACTIVE", "default"],
+                   help="OMP_WAIT_POLICY of every run (default PASSIVE: on a shared CPU, spinning OpenMP threads "
+                        "take the core from the thread they wait for and timings swing ~10x; 'default': unset)")
     p.add_argument("--trained-ckpt", type=Path, help="a trained checkpoint for WER per mode (with --manifest)")
     p.add_argument("--trained-llm-path", help="--llm-path for the trained checkpoint")
     p.add_argument("--manifest", type=Path, help="JSON lines: audio_filepath, text")
@@ -398,6 +404,7 @@ def main() -> None:
         meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "ckpt": str(args.ckpt),
                 "clips": [f.stem for f in files], "clip_seconds": [len(a) / SAMPLE_RATE for a in arrays],
                 "max_new_tokens": args.max_new_tokens, "batch": args.batch, "threads": args.threads,
+                "omp_wait_policy": args.omp_wait_policy,
                 "repeats": args.repeats, "cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
                 "python": sys.version.split()[0], "nemo_python": args.nemo_python, "modes": args.modes,
                 "cache_warm_s": 0.0}

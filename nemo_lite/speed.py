@@ -45,27 +45,41 @@ def quantizable_linears(llm: nn.Module) -> list[str]:
     return [name for name, m in llm.named_modules() if isinstance(m, nn.Linear) and ".lora_" not in name]
 
 
-def quantize_int8(llm: nn.Module) -> nn.Module:
-    """Swap each quantizable ``Linear`` for a dynamic int8 one (per-output-channel weights), one at a time.
-
-    Weights may arrive in bf16 (the loader keeps them in the file's dtype): each is widened to fp32 only for its
-    own quantization, so the peak memory is the int8 model plus one fp32 matrix, never an fp32 model.
-    """
+def _int8_linear(mod: nn.Module) -> nn.Module:
+    """One ``Linear`` (any float dtype) -> a dynamic int8 ``Linear`` with per-output-channel weights."""
     from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
     from torch.ao.quantization import per_channel_dynamic_qconfig
 
+    fp32 = nn.Linear(mod.in_features, mod.out_features, bias=mod.bias is not None, device="meta")
+    fp32.weight = nn.Parameter(mod.weight.detach().float(), requires_grad=False)
+    if mod.bias is not None:
+        fp32.bias = nn.Parameter(mod.bias.detach().float(), requires_grad=False)
+    fp32.qconfig = per_channel_dynamic_qconfig
+    return DynamicInt8Linear.from_float(fp32)
+
+
+def quantize_int8(llm: nn.Module, workers: int | None = None) -> nn.Module:
+    """Swap each quantizable ``Linear`` for a dynamic int8 one (per-output-channel weights).
+
+    Weights may arrive in bf16 (the loader keeps them in the file's dtype): each is widened to fp32 only for its
+    own quantization, so the peak memory is the int8 model plus ``workers`` fp32 matrices, never an fp32 model.
+    Layers are quantized ``workers`` at a time (default: torch's thread count) in threads: the widening,
+    observer, quantization and weight packing are mostly single-threaded kernels that release the GIL.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     if torch.backends.quantized.engine == "none":
         raise RuntimeError("int8 quantization needs a CPU quantized engine (fbgemm/onednn/qnnpack)")
+    names = quantizable_linears(llm)
+    parents = []
+    for name in names:
+        parent_name, _, leaf = name.rpartition(".")
+        parents.append((llm.get_submodule(parent_name) if parent_name else llm, leaf))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao points users to torchao; the eager API still works here
-        for name in quantizable_linears(llm):
-            parent_name, _, leaf = name.rpartition(".")
-            parent = llm.get_submodule(parent_name) if parent_name else llm
-            mod = getattr(parent, leaf)
-            fp32 = nn.Linear(mod.in_features, mod.out_features, bias=mod.bias is not None, device="meta")
-            fp32.weight = nn.Parameter(mod.weight.detach().float(), requires_grad=False)
-            if mod.bias is not None:
-                fp32.bias = nn.Parameter(mod.bias.detach().float(), requires_grad=False)
-            fp32.qconfig = per_channel_dynamic_qconfig
-            setattr(parent, leaf, DynamicInt8Linear.from_float(fp32))
+        with ThreadPoolExecutor(max_workers=workers or max(1, torch.get_num_threads())) as pool:
+            # map() yields in order; each swap frees that layer's float weight while later ones still run
+            for (parent, leaf), qmod in zip(parents, pool.map(lambda pl: _int8_linear(getattr(*pl)), parents),
+                                            strict=True):
+                setattr(parent, leaf, qmod)
     return llm
