@@ -160,8 +160,11 @@ class WhisperRunner(LiteRunner):
         self._merged = bool(kwargs.pop("merge_lora", False))
         if self._merged:
             speed.merge_lora(self.llm)
-        if kwargs.pop("quantize", None) == "int8":
+        quantize = kwargs.pop("quantize", None)
+        if quantize in ("int8", "int8-all"):
             speed.quantize_int8(self.llm)
+        if quantize == "int8-all":  # the Whisper encoder's linear layers, as int8-all does for the FastConformer
+            speed.quantize_int8(self.model.encoder)
         if kwargs:
             raise ValueError(f"mode arguments not supported for WhisperLLM: {sorted(kwargs)}")
 

@@ -45,6 +45,7 @@ MODES = {
     "exact": {},
     "bf16": {"dtype": "bf16"},
     "int8": {"quantize": "int8"},
+    "int8-all": {"quantize": "int8-all"},
     "merged": {"merge_lora": True},
     "bf16+merged": {"dtype": "bf16", "merge_lora": True},
 }

@@ -269,7 +269,9 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="cpu, cuda, cuda:1, mps, ... (default: cuda if available, else cpu)")
     p.add_argument("--dtype", help="float32, bfloat16 or float16 (default: float32 on cpu, bfloat16 elsewhere)")
     p.add_argument("--max-new-tokens", type=int, help="tokens per window/answer (default: from the duration)")
-    p.add_argument("--quantize", choices=["int8"], help="speed mode: int8 dynamic quantization of the LLM (CPU)")
+    p.add_argument("--quantize", choices=["int8", "int8-all"],
+                   help="speed mode (CPU): int8 dynamic quantization of the LLM's linear layers; int8-all: the "
+                        "encoder's too")
     p.add_argument("--merge-lora", action="store_true",
                    help="speed mode: fold the LoRA adapter into the weights for ASR (unfolded again for LLM mode)")
 

@@ -11,6 +11,10 @@ bound by reading the weights, so fewer bytes per weight pay off almost linearly.
   quantized per call) of every LLM ``Linear`` except the small LoRA A/B matrices, which stay in float so the
   adapter remains a switchable side path. The tied output head gets its own int8 copy; the input embedding
   stays float. CPU only (fbgemm/onednn kernels).
+- ``quantize="int8-all"``: the same for the FastConformer's linear layers too (feed-forward, attention, position
+  projections; the convolution module stays fp32). At batch 1 the encoder is most of the time of a short
+  clip, and int8 linears made it 3.3x faster at full size (10 s clip, 1 thread: 2.73 -> 0.83 s), at a relative
+  error of the audio embeddings of ~6 % on random weights: measure its WER before relying on it.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import warnings
 import torch
 from torch import nn
 
-QUANT_MODES = (None, "int8")
+QUANT_MODES = (None, "int8", "int8-all")  # int8: the LLM's linear layers; int8-all: the encoder's too
 
 
 def merge_lora(llm: nn.Module) -> None:
@@ -41,7 +45,7 @@ def ensure_merged(llm: nn.Module) -> None:
 
 
 def quantizable_linears(llm: nn.Module) -> list[str]:
-    """Names of the LLM's ``Linear`` modules that int8 mode quantizes: all but the LoRA A/B matrices."""
+    """Names of the ``Linear`` modules (of an LLM or an encoder) that int8 mode quantizes: all but LoRA A/B."""
     return [name for name, m in llm.named_modules() if isinstance(m, nn.Linear) and ".lora_" not in name]
 
 

@@ -6,11 +6,13 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
 from nemo_lite import CanaryQwen, CheckpointError, ConfigError
+from nemo_lite.llm import base_causal_lm
 from nemo_lite.weights import to_nemo, to_ours
 
 LAYER0_Q = "llm.base_model.model.model.layers.0.self_attn.q_proj.lora_B.default.weight"
@@ -160,6 +162,22 @@ def test_int8_mode_quantizes_llm_and_keeps_adapter_switchable(tiny_ckpt):
             off = model.llm(inputs_embeds=x).logits
     assert (on - off).abs().max() > 1e-3
     assert len(model.generate(audios=[torch.randn(8000).numpy() * 0.1], max_new_tokens=3)[0]) == 3
+
+
+def test_int8_all_also_quantizes_the_encoder_and_stays_close(tiny_ckpt, tiny_model):
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
+
+    model = CanaryQwen.from_pretrained(tiny_ckpt, quantize="int8-all")
+    encoder = model.perception.encoder
+    linears = [m for m in encoder.modules() if isinstance(m, (torch.nn.Linear, DynamicInt8Linear))]
+    assert linears and all(isinstance(m, DynamicInt8Linear) for m in linears)
+    assert isinstance(base_causal_lm(model.llm).lm_head, DynamicInt8Linear)
+    audio = [np.random.default_rng(2).standard_normal(20000).astype(np.float32) * 0.1]
+    got, want = model.embed_audio(audio)[0], tiny_model.embed_audio(audio)[0]
+    assert got.shape == want.shape
+    assert float((got - want).norm() / want.norm()) < 0.2  # int8 weights: close, not equal
+    with pytest.raises(ValueError, match="exclude"):
+        CanaryQwen.from_pretrained(tiny_ckpt, quantize="int8-all", compact_encoder=True)
 
 
 def test_merged_lora_matches_exact_and_unmerges_for_llm_mode(tiny_ckpt, tiny_model):
