@@ -81,19 +81,31 @@ def adapter_disabled(llm: PreTrainedModel | PeftModel) -> Iterator[None]:
         yield
 
 
-def _contiguous_input(module: nn.Module, args: tuple) -> tuple:
-    return (args[0].contiguous(), *args[1:])
+def dense_strides(x: torch.Tensor) -> bool:
+    """Whether ``x`` has the row-major strides of its shape (``is_contiguous`` ignores size-1 dims: a
+    ``hidden[:, -1:, :]`` view of one row counts as contiguous while keeping the long row stride)."""
+    expected, step = [], 1
+    for size in reversed(x.shape):
+        expected.append(step)
+        step *= size
+    return tuple(reversed(expected)) == x.stride()
+
+
+def _dense_input(module: nn.Module, args: tuple) -> tuple:
+    x = args[0]
+    return args if dense_strides(x) else (x.clone(memory_format=torch.contiguous_format), *args[1:])
 
 
 def contiguous_head_input(llm: PreTrainedModel | PeftModel) -> None:
-    """Make the output head's input contiguous; call again after the head module is swapped (int8).
+    """Give the output head an input with dense strides; call again after the head module is swapped (int8).
 
-    ``*ForCausalLM.forward`` feeds the head ``hidden[:, -1:, :]``: for a batch of several rows that is a strided
-    (B, 1, H) view, and torch 2.13's CPU ``linear`` on it does not fold it into one GEMM but materialises a
-    (B, H, vocab) copy of the weight: measured at B=8 with Qwen3's 151936 x 2048 head, bf16 took 37 s and 4.6 GB
-    instead of 0.05 s, fp32 0.53 s instead of 0.21 s. Copying the (B, 1, H) input costs nothing.
+    ``*ForCausalLM.forward`` feeds the head ``hidden[:, -1:, :]``, a (B, 1, H) view that keeps the row stride of
+    the prompt. torch 2.13's CPU ``matmul`` does not fold such a view into one GEMM: it runs ``bmm`` against a
+    (B, H, vocab) contiguous copy of the weight, at every prefill, even for one row. Measured with Qwen3's
+    151936 x 2048 head: bf16 B=8 took 37 s and 4.6 GB instead of 0.05 s; B=1 copies the head (0.62 GB bf16,
+    1.24 GB fp32) per call. Copying the (B, 1, H) input costs nothing.
     """
     head = base_causal_lm(llm).get_output_embeddings()
     if head is not None and not getattr(head, "_nemo_lite_contiguous", False):
-        head.register_forward_pre_hook(_contiguous_input)
+        head.register_forward_pre_hook(_dense_input)
         head._nemo_lite_contiguous = True
