@@ -30,29 +30,35 @@ def release_freed_memory() -> None:
         _MALLOC_TRIM(0)
 
 
-def _to_compute(module, args) -> None:
-    module.to(module._nemo_lite_compute_dtype)
+def _widen(module, args) -> None:
+    """Pre-hook: swap each narrow parameter's (and float buffer's, e.g. BatchNorm statistics) storage for a
+    widened copy; the narrow one is kept aside."""
+    tensors = [*module.parameters(), *module.buffers()]
+    module._nemo_lite_narrow = [(p, p.data) for p in tensors
+                                if p.is_floating_point() and p.dtype != module._nemo_lite_compute]
+    for p, narrow in module._nemo_lite_narrow:
+        p.data = narrow.to(module._nemo_lite_compute)
 
 
-def _to_storage(module, args, output) -> None:
-    module.to(module._nemo_lite_storage_dtype)
+def _restore(module, args, output) -> None:
+    """Post-hook: put the narrow storage back; the widened copies are freed."""
+    for p, narrow in module._nemo_lite_narrow:
+        p.data = narrow
+    module._nemo_lite_narrow = []
 
 
 def compute_on_call(modules, compute: torch.dtype) -> None:
-    """Keep each module's floating-point weights in their present (narrower) dtype at rest and widen them to
-    ``compute`` only while that module runs, one module at a time; narrowing back afterwards is lossless, since
-    every value came from the narrower dtype.
+    """Keep each module's floating-point weights in their present (narrower) dtype at rest and give the module
+    widened ``compute`` copies only while it runs, one module at a time (the narrow tensors are put back after;
+    nothing is narrowed again, so it costs one widening per call).
 
     Used for the FastConformer layers in exact mode: the checkpoint is bf16 and NeMo computes fp32 from bf16
     values, so the fp32 weights a layer sees are identical whichever way they are held, and the results are
     bit-identical; the encoder then holds 2 bytes a weight instead of 4 (1.6 GB less for Canary-Qwen-2.5B) and
-    converts one layer (~25 M weights) per call. Inference only: the widened weights are temporaries.
+    widens one layer (~25 M weights) at a time. Inference only: the widened weights are temporaries.
     """
     for module in modules:
-        dtypes = {p.dtype for p in module.parameters() if p.is_floating_point()}
-        if len(dtypes) != 1:
-            raise ValueError(f"compute_on_call needs one floating dtype per module, found {sorted(map(str, dtypes))}")
-        module._nemo_lite_storage_dtype = dtypes.pop()
-        module._nemo_lite_compute_dtype = compute
-        module.register_forward_pre_hook(_to_compute)
-        module.register_forward_hook(_to_storage)
+        module._nemo_lite_compute = compute
+        module._nemo_lite_narrow = []
+        module.register_forward_pre_hook(_widen)
+        module.register_forward_hook(_restore)
