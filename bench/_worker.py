@@ -151,6 +151,8 @@ class WhisperRunner(LiteRunner):
     CanaryQwen's mode arguments mapped onto the Whisper design (dtype at load; int8 / merged LoRA on its LLM)."""
 
     def __init__(self, cls, job: dict) -> None:
+        import torch
+
         from nemo_lite import speed
         from nemo_lite.whisper_adapter import WhisperLLM
 
@@ -160,6 +162,8 @@ class WhisperRunner(LiteRunner):
         self._merged = bool(kwargs.pop("merge_lora", False))
         if self._merged:
             speed.merge_lora(self.llm)
+        if kwargs.pop("encoder_dtype", None) == "bf16":  # as CanaryQwen's encoder_dtype: the encoder alone in bf16
+            self.model.encoder.to(torch.bfloat16)
         quantize = kwargs.pop("quantize", None)
         if quantize in ("int8", "int8-all"):
             speed.quantize_int8(self.llm)

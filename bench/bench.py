@@ -46,6 +46,7 @@ MODES = {
     "bf16": {"dtype": "bf16"},
     "int8": {"quantize": "int8"},
     "int8-all": {"quantize": "int8-all"},
+    "int8+bf16enc": {"quantize": "int8", "encoder_dtype": "bf16"},
     "merged": {"merge_lora": True},
     "bf16+merged": {"dtype": "bf16", "merge_lora": True},
 }

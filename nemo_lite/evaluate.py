@@ -158,6 +158,10 @@ def _is_merged(path: Path) -> bool:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     model = load_model(args.model, args.device, args.dtype, args.llm_path)
     result = evaluate(model, args.manifest, args.output, args.batch_size, args.spelling_mapping, args.max_new_tokens)
     print(json.dumps(asdict(result), indent=1))
@@ -179,5 +183,7 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--llm-path", help="local LLM config + tokenizer dir, when a Canary checkpoint's LLM is offline")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available, else cpu)")
     p.add_argument("--dtype", help="float32, bfloat16 or float16 (default: float32 on cpu)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's, one per core); 1 is fastest for "
+                   "tiny models, and far faster when other processes share the cores (OpenMP threads spin-wait)")
     p.set_defaults(func=cmd_eval)
     return p

@@ -36,7 +36,7 @@ class Perception(nn.Module):
     def forward(self, audio: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mel, mel_len = self.preprocessor(audio, lengths)  # (B, n_mels, T)
         states, out_len = encode(self.encoder, mel, mel_len)  # (B, T', d_model)
-        return self.proj(states), out_len  # (B, T', H)
+        return self.proj(states.to(self.proj.weight.dtype)), out_len  # (B, T', H); the encoder may run narrower
 
     def embed_list(self, audio: torch.Tensor, lengths: torch.Tensor) -> list[torch.Tensor]:
         """Per-row unpadded embeddings: list of (T_i, H), as NeMo hands them to the placeholder replacement."""

@@ -314,7 +314,7 @@ class WhisperLLM(nn.Module):
                              "use transcribe(), which splits long audio")
         feats = self.features([np.asarray(a, dtype=np.float32) for a in audios], sampling_rate=SAMPLE_RATE,
                               return_tensors="pt")["input_features"]  # (B, n_mels, 3000)
-        return feats.to(device=self.device, dtype=self.dtype)
+        return feats.to(device=self.device, dtype=self.encoder.conv1.weight.dtype)  # the encoder's own dtype
 
     def embed_audio(self, audios: Sequence[np.ndarray]) -> list[torch.Tensor]:
         """Arrays -> per-audio LLM-width frames [(1500, H)]; gradients reach the projector (and the encoder
@@ -323,22 +323,27 @@ class WhisperLLM(nn.Module):
         train_encoder = torch.is_grad_enabled() and any(p.requires_grad for p in self.encoder.parameters())
         with torch.set_grad_enabled(train_encoder):
             states = self.encoder(feats).last_hidden_state  # (B, 1500, d_whisper)
-        return list(self.projector(states))  # B x (1500, H)
+        return list(self.projector(states.to(self.dtype)))  # B x (1500, H)
 
     @torch.inference_mode()
     def generate(self, audios: Sequence[AudioInput], max_new_tokens: int = 128, batch_size: int = 8,
                  sample_rate: int = SAMPLE_RATE) -> list[list[int]]:
         """Greedy answer ids per audio (up to and including ``<|im_end|>``); each audio at most one window."""
         arrays = [load_audio(a, sample_rate) for a in audios]
-        prompt = torch.tensor(self.prompt_ids(), device=self.device)
-        opts = decoding.GreedyOptions(max_new_tokens=max_new_tokens, eos_id=self.eos_id, pad_id=self.pad_id)
         out: list[list[int]] = []
         for start in range(0, len(arrays), batch_size):
-            chunk = arrays[start:start + batch_size]
-            embeds, mask = build_inputs_embeds([prompt] * len(chunk), input_embeddings(self.llm), self.audio_pad_id,
-                                               self.embed_audio(chunk))  # (B, L, H), (B, L)
-            out += decoding.greedy(self.llm, embeds, mask, opts)
+            out += self.generate_from_embeddings(self.embed_audio(arrays[start:start + batch_size]), max_new_tokens)
         return out
+
+    @torch.inference_mode()
+    def generate_from_embeddings(self, audio_embeds: list[torch.Tensor], max_new_tokens: int = 128) -> list[list[int]]:
+        """Greedy answer ids for audio already embedded by :meth:`embed_audio` ([(1500, H)]), all in one batch: what
+        :mod:`nemo_lite.transcription` calls, as for :meth:`CanaryQwen.generate_from_embeddings`."""
+        prompt = torch.tensor(self.prompt_ids(), device=self.device)
+        embeds, mask = build_inputs_embeds([prompt] * len(audio_embeds), input_embeddings(self.llm),
+                                           self.audio_pad_id, list(audio_embeds))  # (B, L, H), (B, L)
+        opts = decoding.GreedyOptions(max_new_tokens=max_new_tokens, eos_id=self.eos_id, pad_id=self.pad_id)
+        return decoding.greedy(self.llm, embeds, mask, opts)
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True).strip()

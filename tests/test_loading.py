@@ -180,6 +180,20 @@ def test_int8_all_also_quantizes_the_encoder_and_stays_close(tiny_ckpt, tiny_mod
         CanaryQwen.from_pretrained(tiny_ckpt, quantize="int8-all", compact_encoder=True)
 
 
+def test_int8_with_bf16_encoder(tiny_ckpt, tiny_model):
+    """The fast CPU mode: int8 LLM linears, FastConformer computed in bf16, projection and LLM inputs fp32."""
+    model = CanaryQwen.from_pretrained(tiny_ckpt, quantize="int8", encoder_dtype="bf16")
+    assert {p.dtype for p in model.perception.encoder.parameters()} == {torch.bfloat16}
+    assert model.perception.proj.weight.dtype == torch.float32
+    audio = [np.random.default_rng(3).standard_normal(20000).astype(np.float32) * 0.1]
+    got, want = model.embed_audio(audio)[0], tiny_model.embed_audio(audio)[0]
+    assert got.dtype == torch.float32 and got.shape == want.shape
+    assert float((got - want).norm() / want.norm()) < 0.05  # bf16 rounding only
+    assert len(model.generate(audios=audio, max_new_tokens=3)[0]) == 3
+    with pytest.raises(ValueError, match="encoder_dtype"):
+        CanaryQwen.from_pretrained(tiny_ckpt, quantize="int8-all", encoder_dtype="bf16")
+
+
 def test_merged_lora_matches_exact_and_unmerges_for_llm_mode(tiny_ckpt, tiny_model):
     merged = CanaryQwen.from_pretrained(tiny_ckpt, merge_lora=True)
     audio = [torch.randn(12000).numpy() * 0.1]

@@ -186,16 +186,23 @@ def test_original_merged_checkpoint(small_parts, tmp_path, clips):
 
 
 def test_long_audio_is_cut_into_30s_windows(model, clips, monkeypatch):
-    """65 s of audio -> three windows of at most 30 s, decoded and joined in order."""
+    """65 s of audio -> three windows of at most 30 s, decoded and joined in order. Also guards that WhisperLLM
+    has the ``generate_from_embeddings`` that transcription calls (its absence broke ``nemo-lite eval``)."""
     speech = clips["speech_long"]
     long = np.concatenate([np.tile(speech, 65 * 16000 // len(speech) + 1)])[: 65 * 16000]
     seen: list[int] = []
+    embed = model.embed_audio
 
-    def fake_generate(audios, max_new_tokens=128, batch_size=8, sample_rate=16000):
+    def spy_embed(audios):
         seen.extend(len(a) for a in audios)
-        return [[model.tokenizer.convert_tokens_to_ids("a")] for _ in audios]
+        return embed(audios)
 
-    monkeypatch.setattr(model, "generate", fake_generate)
+    def fake_decode(audio_embeds, max_new_tokens=128):
+        return [[model.tokenizer.convert_tokens_to_ids("a")] for _ in audio_embeds]
+
+    assert callable(type(model).generate_from_embeddings)
+    monkeypatch.setattr(model, "embed_audio", spy_embed)
+    monkeypatch.setattr(model, "generate_from_embeddings", fake_decode)
     text = model.transcribe(long)
     assert len(seen) == 3 and max(seen) <= model.window_samples and sum(seen) == len(long)
     assert text == "a a a"
