@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -267,6 +268,30 @@ def test_config_files(tmp_path, manifest):
                                                    "output_dir": "o", "model": "m", "learning_rate": 1}))
     with pytest.raises(ValueError, match="learning_rate"):
         load_train_config(tmp_path / "bad.json")
+    with pytest.raises(ValueError, match="threads"):
+        TrainConfig(architecture="whisper_llm", train_manifest="m", output_dir="o", model="m", threads=-1)
+
+
+def test_train_synthetic_prepare_only_writes_the_documented_recipe(manifest, tmp_path):
+    """README's "your own manifest" commands: ``scripts/train_synthetic.py --prepare-only`` writes configs that
+    ``nemo-lite train`` accepts, stage 2 starts from the model stage 1 saves, and the printed commands name them."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "train_synthetic.py"
+    work, manifest = tmp_path.resolve() / "tiny", manifest.resolve()
+    res = subprocess.run([sys.executable, str(script), "--prepare-only", "--manifest", str(manifest),
+                          "--work", str(work), "--frames", "300"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    cfg1, cfg2 = load_train_config(work / "stage1.json"), load_train_config(work / "stage2.json")
+    assert (cfg1.stage, cfg2.stage, cfg1.threads, cfg2.threads) == (1, 2, 1, 1)
+    assert cfg1.train_manifest == cfg2.train_manifest == str(manifest)
+    assert all(Path(p).is_absolute() for p in (cfg1.output_dir, cfg1.whisper, cfg1.llm, cfg2.output_dir, cfg2.model))
+    for line in (f"nemo-lite train --config {work / 'stage1.json'}", f"nemo-lite train --config {work / 'stage2.json'}",
+                 f"nemo-lite eval {manifest} --model {Path(cfg2.output_dir) / 'model'} --threads 1"):
+        assert line in res.stdout.splitlines()
+    short = {"max_steps": 1, "warmup_steps": 0, "batch_size": 2, "lora_r": 4, "progress": False}
+    stage1 = train(TrainConfig.from_dict({**asdict(cfg1), **short}))
+    assert stage1.model_dir == Path(cfg2.model)
+    stage2 = train(TrainConfig.from_dict({**asdict(cfg2), **short}))
+    assert stage2.model_dir == Path(cfg2.output_dir) / "model" and (stage2.model_dir / wa.CONFIG_FILE).is_file()
 
 
 # ---------------------------------------------------------------------- data parallel
