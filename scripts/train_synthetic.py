@@ -93,6 +93,7 @@ STAGES = {  # the two runs; shared keys in COMMON (a stage's own value wins)
     2: {"stage": 2, "lr": 5e-4, "warmup_steps": 20, "batch_size": 1, "lora_r": 64, "lora_alpha": 128,
         "lora_dropout": 0.0},
 }
+SMOOTH_STEPS = 50  # running mean in the plot
 MAX_NEW_TOKENS = 16  # per clip in the WER runs: the longest sentence has 6 tokens + <|im_end|>
 COMMON = {"batch_size": 8, "grad_accum": 1, "min_lr_ratio": 0.1, "seed": 0, "save_every": 0, "log_every": 1}
 
@@ -199,9 +200,13 @@ def plot(report: dict, path: Path) -> None:
     offset = 0
     for stage in ("1", "2"):
         run = report["stages"][stage]
-        steps = range(offset + 1, offset + len(run["losses"]) + 1)
-        ax.plot(steps, run["losses"], label=f"stage {stage} (WER after: {100 * run['wer']:.1f} %)")
-        offset += len(run["losses"])
+        losses = run["losses"]
+        steps = range(offset + 1, offset + len(losses) + 1)
+        line, = ax.plot(steps, losses, alpha=0.25, linewidth=0.5)  # per step (batch 1 in stage 2: noisy)
+        smooth = [_mean(losses[max(0, i - SMOOTH_STEPS + 1):i + 1]) for i in range(len(losses))]
+        ax.plot(steps, smooth, color=line.get_color(),
+                label=f"stage {stage}, mean of {SMOOTH_STEPS} steps (WER after: {100 * run['wer']:.1f} %)")
+        offset += len(losses)
     ax.set_xlabel("optimizer step (stage 2 continues from stage 1)")
     ax.set_ylabel("training loss (answer tokens)")
     ax.set_yscale("log")
