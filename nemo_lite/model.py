@@ -114,7 +114,8 @@ class CanaryQwen(nn.Module):
         if int8_encoder:
             encoder = model.perception.encoder
             to_quantize |= {f"perception.encoder.{n}.weight" for n in speed.quantizable_linears(encoder)}
-        layer_keys = frozenset(k for k in model.state_dict(keep_vars=True) if k.startswith(ENCODER_LAYERS_PREFIX))
+        keys = list(model.state_dict(keep_vars=True))
+        layer_keys = frozenset(k for k in keys if k.startswith(ENCODER_LAYERS_PREFIX))
         if int8_encoder and encoder_dtype != dtype:
             raise ValueError("encoder_dtype cannot be combined with quantize='int8-all' (its encoder is int8)")
         if compact_encoder is None:
@@ -122,7 +123,7 @@ class CanaryQwen(nn.Module):
         if compact_encoder and int8_encoder:
             raise ValueError("compact_encoder and quantize='int8-all' exclude each other (the encoder's linear "
                              "layers are int8 already)")
-        narrow_encoder = frozenset(k for k in model.state_dict(keep_vars=True) if k.startswith(ENCODER_PREFIX)) \
+        narrow_encoder = frozenset(k for k in keys if k.startswith(ENCODER_PREFIX)) \
             if encoder_dtype != dtype else frozenset()  # read as stored, then cast to encoder_dtype below
         model._load_weights(ckpt / WEIGHTS_FILE, dtype, device,
                             keep_file_dtype=to_quantize | narrow_encoder | (layer_keys if compact_encoder else

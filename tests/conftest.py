@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 from safetensors.torch import load_file, save_file
 
 from nemo_lite import testing
@@ -70,3 +71,13 @@ def expected() -> dict:
 def clips() -> dict[str, np.ndarray]:
     """The shipped test clips, as float32 arrays read exactly as the fixture script read them."""
     return {p.stem: sf.read(p, dtype="float32")[0] for p in sorted(DATA.glob("*.wav"))}
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """These models are tiny: one thread is faster, and far faster when other processes load the cores (OpenMP
+    threads spin-waiting for each other made a 4-step run take 17 s instead of 0.2 s on a busy 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

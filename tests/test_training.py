@@ -33,14 +33,7 @@ CLIPS = {"speech_short": "Hello world.", "speech_medium": "The quick brown fox j
 WHISPER = {**testing.TINY_WHISPER, "max_source_positions": 300}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: one thread is faster, and far faster when other processes load the cores (OpenMP
-    threads spin-waiting for each other made a 4-step run take 17 s instead of 0.2 s on a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.one_thread
 
 
 @pytest.fixture(scope="module")

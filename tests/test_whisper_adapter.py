@@ -19,14 +19,7 @@ from nemo_lite.weights import CheckpointError
 FRAMES = 1500  # 30 s of audio = 3000 mel frames = 1500 encoder frames
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: one thread is faster, and far faster when other processes load the cores (OpenMP
-    threads spin-waiting for each other made a 4-step run take 17 s instead of 0.2 s on a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.one_thread
 
 
 @pytest.fixture(scope="module")
