@@ -157,7 +157,7 @@ def load_model(args: argparse.Namespace) -> CanaryQwen | None:
     try:
         return CanaryQwen.from_pretrained(args.model, device=device, dtype=args.dtype, llm_path=args.llm_path,
                                           quantize=args.quantize, merge_lora=args.merge_lora,
-                                          encoder_dtype=args.encoder_dtype)
+                                          encoder_dtype=args.encoder_dtype, compile=args.compile)
     except (CheckpointError, ConfigError) as err:  # their messages say what to do
         print(f"nemo-lite: cannot load model {args.model!r}:\n{err}", file=sys.stderr)
         return None
@@ -275,6 +275,9 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quantize", choices=["int8", "int8-all"],
                    help="speed mode (CPU): int8 dynamic quantization of the LLM's linear layers; int8-all: the "
                         "encoder's too")
+    p.add_argument("--compile", action="store_true",
+                   help="speed mode (CUDA): static KV cache + torch.compile'd decoding steps (CUDA graphs); each new "
+                        "batch shape compiles first, so it pays off over many files")
     p.add_argument("--merge-lora", action="store_true",
                    help="speed mode: fold the LoRA adapter into the weights for ASR (unfolded again for LLM mode)")
 

@@ -9,7 +9,17 @@ Chunked prefill (a departure from NeMo, for memory): a batch whose prompt holds 
 from slice to slice, and ``generate`` continues from that cache. The attention scores and MLP activations of a
 prefill grow with rows x positions (x positions for the scores), so a batch of eight 40 s windows would
 otherwise need eight times the transient memory of one 40 s clip. Inputs within the budget (one 40 s clip:
-~520 positions) take NeMo's path unchanged; chunked results equal it up to float rounding.
+~520 positions) take NeMo's path unchanged; chunked results equal it up to float rounding. The budget depends on
+the device (:func:`prefill_budget`): on a GPU a batch of 128 clips prefills in one forward, as in NeMo, since
+slicing it would only add kernel launches while its transient memory is small next to the card's.
+
+Compiled decoding (``GreedyOptions.compile``, CUDA only): ``generate`` gets a ``StaticCache`` and then runs
+every decoding step through ``torch.compile`` (inductor, "reduce-overhead": CUDA graphs), which transformers
+does by itself for a static cache on a GPU. On a GPU a small batch's step is bound by launching ~1000 small
+kernels from Python, not by the card; a CUDA graph replays them in one launch. Every distinct cache shape
+compiles once, so caches are kept per (rows, length rounded up to :data:`STATIC_CACHE_STEP`) on the LLM and
+reset between calls: a transcription run with one batch size meets a handful of shapes. Same greedy algorithm;
+ids can differ from eager bf16 where bf16 rounding differs between fused and unfused kernels.
 """
 
 from __future__ import annotations
@@ -25,12 +35,23 @@ if TYPE_CHECKING:  # transformers is imported on first use: `from nemo_lite impo
     from transformers import GenerationConfig
 
 
+STATIC_CACHE_STEP = 256  # static cache lengths: multiples of this (few shapes, few compilations)
+CPU_PREFILL_TOKENS = 1024  # one 40 s clip's prompt in one forward; a CPU prefill is compute-bound anyway
+ACCELERATOR_PREFILL_TOKENS = 1 << 16  # 128 rows x 512 positions: ~0.8 GB of bf16 MLP activations at full size
+
+
 @dataclass(frozen=True)
 class GreedyOptions:
     max_new_tokens: int = 128  # new tokens per row at most
     eos_id: int = 151645  # <|im_end|>: a row ends after it
     pad_id: int = 151643  # <|endoftext|>: fills finished rows
-    prefill_tokens: int = 1024  # rows x positions per prefill forward; above it the prefill runs in slices
+    prefill_tokens: int = CPU_PREFILL_TOKENS  # rows x positions per prefill forward; above it: slices
+    compile: bool = False  # static KV cache + torch.compile'd decoding steps (CUDA; see the module docstring)
+
+
+def prefill_budget(device: torch.device) -> int:
+    """Rows x positions per prefill forward on ``device`` (see the module docstring)."""
+    return CPU_PREFILL_TOKENS if device.type == "cpu" else ACCELERATOR_PREFILL_TOKENS
 
 
 def generation_config(opts: GreedyOptions) -> GenerationConfig:
@@ -67,6 +88,21 @@ def prefill(llm, embeds: torch.Tensor, mask: torch.Tensor, cache, chunk: int):
     return cache
 
 
+def static_cache(llm, rows: int, length: int):
+    """A reset ``StaticCache`` for ``rows`` x at least ``length`` positions, kept on ``llm`` for reuse: the same
+    tensors (addresses) each call, so a compiled step and its CUDA graphs are reused too."""
+    from transformers import StaticCache
+
+    size = -(-length // STATIC_CACHE_STEP) * STATIC_CACHE_STEP
+    pool = llm.__dict__.setdefault("_nemo_lite_static_caches", {})
+    cache = pool.get((rows, size))
+    if cache is None:
+        cache = pool[(rows, size)] = StaticCache(config=base_causal_lm(llm).config, max_cache_len=size)
+    else:
+        cache.reset()
+    return cache
+
+
 def greedy(llm, embeds: torch.Tensor, mask: torch.Tensor, opts: GreedyOptions) -> list[list[int]]:
     """embeds (B, L, H) left-padded + mask (B, L) -> new ids per row."""
     from transformers import DynamicCache
@@ -76,9 +112,11 @@ def greedy(llm, embeds: torch.Tensor, mask: torch.Tensor, opts: GreedyOptions) -
     contiguous_head_input(llm)  # idempotent; see its docstring (a 37 s / 4.6 GB bf16 stall at batch 8 without it)
     batch, length = mask.shape
     kwargs = {}
+    if opts.compile:
+        kwargs["past_key_values"] = static_cache(llm, batch, length + opts.max_new_tokens)
     if batch * length > opts.prefill_tokens and length > 1:
         chunk = max(1, opts.prefill_tokens // batch)
-        cache = DynamicCache(config=base_causal_lm(llm).config)
+        cache = kwargs.get("past_key_values") or DynamicCache(config=base_causal_lm(llm).config)
         kwargs["past_key_values"] = prefill(llm, embeds[:, :-1], mask[:, :-1], cache, chunk)
     out = llm.generate(inputs_embeds=embeds, attention_mask=mask.long(), generation_config=generation_config(opts),
                        **kwargs)

@@ -34,7 +34,10 @@ from .weights import (
     resolve_checkpoint,
 )
 
-ENCODER_BATCH_SAMPLES = 40 * SAMPLE_RATE  # padded samples per encoder call: one 40 s window
+ENCODER_BATCH_SAMPLES = 40 * SAMPLE_RATE  # padded samples per encoder call on CPU: one 40 s window
+# On a GPU: 32 such windows (e.g. 128 clips of 10 s) per call; the first subsampling conv's output is then
+# ~2 GB in bf16, small next to a card's memory, and fewer, larger calls keep the GPU busy.
+ACCELERATOR_ENCODER_BATCH_SAMPLES = 32 * ENCODER_BATCH_SAMPLES
 PREPROCESSOR_PREFIX = "perception.preprocessor."  # window + filterbank: always fp32, as NeMo uses them
 ENCODER_PREFIX = "perception.encoder."
 ENCODER_LAYERS_PREFIX = "perception.encoder.layers."  # the FastConformer blocks: 97 % of the encoder's weights
@@ -58,6 +61,7 @@ class CanaryQwen(nn.Module):
         if self.pad_id is None:
             self.pad_id = 0  # NeMo falls back to id 0 too (SALM.text_pad_id)
         self.merged_lora = False  # speed mode: LoRA folded into the weights (see nemo_lite.speed)
+        self.compile_decoding = False  # speed mode (CUDA): static KV cache + compiled decoding steps
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -71,6 +75,7 @@ class CanaryQwen(nn.Module):
         merge_lora: bool = False,
         compact_encoder: bool | None = None,
         encoder_dtype: torch.dtype | str | None = None,
+        compile: bool = False,
     ) -> CanaryQwen:
         """Load a checkpoint in the hub layout (``config.json`` + ``model.safetensors``), from a dir or the hub.
 
@@ -91,6 +96,10 @@ class CanaryQwen(nn.Module):
         ``encoder_dtype``: compute dtype of the FastConformer alone (default: ``dtype``). ``"bf16"`` with
         ``quantize="int8"`` is the fast CPU mode whose WER stays at exact mode's: bf16 GEMMs make the encoder
         ~3.5x faster than fp32 on CPUs with AVX512-BF16/AMX, at bf16's accuracy rather than int8's.
+
+        ``compile=True`` (CUDA only): static KV cache and ``torch.compile``'d decoding steps (CUDA graphs; see
+        :mod:`nemo_lite.decoding`). Small batches decode several times faster once compiled; each new batch
+        size and cache length compiles first (tens of seconds), so it is for many files, not one.
         """
         if quantize not in speed.QUANT_MODES:
             raise ValueError(f"quantize={quantize!r} not supported; use one of {speed.QUANT_MODES}")
@@ -103,6 +112,9 @@ class CanaryQwen(nn.Module):
         if quantize and (device.type != "cpu" or dtype != torch.float32):
             raise ValueError("quantize='int8' is a CPU mode on an fp32 model (int8 weights, fp32 activations); "
                              "on GPU use dtype='bf16'")
+        if compile and device.type != "cuda":
+            raise ValueError("compile=True is a CUDA mode (CUDA graphs for the decoding steps); on CPU a step is "
+                             "bound by reading the weights and compiling did not pay off")
         ckpt = resolve_checkpoint(name_or_path)
         cfg = SALMConfig.from_nemo(local_artifacts(ckpt, read_config(ckpt)))
         llm_config, tokenizer = _load_llm_config_and_tokenizer(cfg, llm_path)
@@ -137,6 +149,7 @@ class CanaryQwen(nn.Module):
         if merge_lora:
             speed.merge_lora(model.llm)
             model.merged_lora = True
+        model.compile_decoding = compile
         if quantize:
             speed.quantize_int8(model.llm)
         if int8_encoder:
@@ -172,17 +185,19 @@ class CanaryQwen(nn.Module):
 
     # ------------------------------------------------------------------ inference
     @torch.inference_mode()
-    def embed_audio(self, audios: Sequence[np.ndarray], max_samples: int = ENCODER_BATCH_SAMPLES) -> list[torch.Tensor]:
+    def embed_audio(self, audios: Sequence[np.ndarray], max_samples: int | None = None) -> list[torch.Tensor]:
         """16 kHz float arrays -> per-audio LLM-width embeddings [(T_i, H)].
 
         Consecutive audios share one zero-padded encoder batch while it holds at most ``max_samples`` padded
-        samples (one 40 s clip's worth by default; a longer clip runs alone). The encoder's activations grow with
+        samples (default :func:`encoder_batch_samples`: one 40 s clip's worth on CPU, 32 on a GPU; a longer clip
+        runs alone). The encoder's activations grow with
         the padded batch (the first subsampling conv alone is 256 x T/2 x 64 floats per clip), so bounding the
         batch keeps the peak memory of a batch of long windows at that of a single 40 s clip, while the LLM
         still decodes the whole batch together. Departure from NeMo (one encoder call per batch): valid frames do
         not depend on the padding, so results are the same up to float rounding.
         """
         out: list[torch.Tensor] = []
+        max_samples = max_samples or encoder_batch_samples(self.device)
         for start, end in encoder_groups([len(a) for a in audios], max_samples):
             group = audios[start:end]
             lengths = torch.tensor([len(a) for a in group], device=self.device)
@@ -253,7 +268,9 @@ class CanaryQwen(nn.Module):
                      ) -> list[list[int]]:
         """One batch: prompt rows + the audio embeddings of their tags, in tag order -> new ids per row."""
         embeds, mask = build_inputs_embeds(rows, input_embeddings(self.llm), self.audio_tag_id, audio_embeds)
-        options = decoding.GreedyOptions(max_new_tokens=max_new_tokens, eos_id=self.eos_id, pad_id=self.pad_id)
+        options = decoding.GreedyOptions(max_new_tokens=max_new_tokens, eos_id=self.eos_id, pad_id=self.pad_id,
+                                         prefill_tokens=decoding.prefill_budget(self.device),
+                                         compile=self.compile_decoding)
         if audio_embeds:
             if self.merged_lora:
                 speed.ensure_merged(self.llm)
@@ -363,6 +380,11 @@ def _load_llm_config_and_tokenizer(cfg: SALMConfig, llm_path):
     # NeMo appends the audio tag as a special token (id 151669 for Qwen3); the embedding keeps its rows.
     tokenizer.add_special_tokens({"additional_special_tokens": [cfg.audio_locator_tag]})
     return llm_config, tokenizer
+
+
+def encoder_batch_samples(device: torch.device) -> int:
+    """Padded samples per encoder call on ``device`` (see :data:`ENCODER_BATCH_SAMPLES`)."""
+    return ENCODER_BATCH_SAMPLES if device.type == "cpu" else ACCELERATOR_ENCODER_BATCH_SAMPLES
 
 
 def encoder_groups(lengths: list[int], max_samples: int = ENCODER_BATCH_SAMPLES) -> list[tuple[int, int]]:

@@ -152,11 +152,11 @@ def decode_windows(
 def _embed_windows(model: CanaryQwen, loaded: list[Loaded | None], windows: list[_Window]) -> list:
     """Audio embeddings of ``windows``, one encoder group at a time: only that group's samples are ever held
     (a decoding batch of eight 40 s windows would otherwise hold 20 MB of samples through the whole batch)."""
-    from .model import encoder_groups
+    from .model import encoder_batch_samples, encoder_groups
 
     sizes = [max(w.end - w.start, MIN_SAMPLES) for w in windows]
     out = []
-    for start, end in encoder_groups(sizes):
+    for start, end in encoder_groups(sizes, encoder_batch_samples(model.device)):
         clips = [pad_to_minimum(_samples(loaded[w.item], w)) for w in windows[start:end]]
         out += model.embed_audio(clips)
         del clips

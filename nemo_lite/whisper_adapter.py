@@ -342,7 +342,8 @@ class WhisperLLM(nn.Module):
         prompt = torch.tensor(self.prompt_ids(), device=self.device)
         embeds, mask = build_inputs_embeds([prompt] * len(audio_embeds), input_embeddings(self.llm),
                                            self.audio_pad_id, list(audio_embeds))  # (B, L, H), (B, L)
-        opts = decoding.GreedyOptions(max_new_tokens=max_new_tokens, eos_id=self.eos_id, pad_id=self.pad_id)
+        opts = decoding.GreedyOptions(max_new_tokens=max_new_tokens, eos_id=self.eos_id, pad_id=self.pad_id,
+                                      prefill_tokens=decoding.prefill_budget(self.device))
         return decoding.greedy(self.llm, embeds, mask, opts)
 
     def decode(self, ids: list[int]) -> str:

@@ -72,3 +72,38 @@ def test_dense_strides():
     assert dense_strides(torch.zeros(2, 3, 4)) and dense_strides(torch.zeros(1, 1, 4))
     view = torch.zeros(1, 5, 4)[:, -1:, :]  # (1, 1, 4), stride (20, 4, 1)
     assert view.is_contiguous() and not dense_strides(view)
+
+@pytest.mark.parametrize("prefill_tokens", [10**9, 20])
+def test_static_cache_same_ids(tiny_model, prefill_tokens):
+    """The compile mode's static KV cache (longer than the prompt: reused between calls, or sized for the budget)
+    gives the dynamic cache's greedy ids, also when the prefill runs in slices. On CPU transformers runs it
+    eagerly (it compiles only on a GPU), which tests the cache plumbing itself."""
+    embeds, mask = _batch(tiny_model, [2.5, 0.7, 1.9])
+    opts = dict(max_new_tokens=12, eos_id=tiny_model.eos_id, pad_id=tiny_model.pad_id, prefill_tokens=prefill_tokens)
+    tiny_model.llm.__dict__.pop("_nemo_lite_static_caches", None)
+    with torch.inference_mode():
+        static = decoding.greedy(tiny_model.llm, embeds, mask, decoding.GreedyOptions(**opts, compile=True))
+        again = decoding.greedy(tiny_model.llm, embeds, mask, decoding.GreedyOptions(**opts, compile=True))
+        dynamic = decoding.greedy(tiny_model.llm, embeds, mask, decoding.GreedyOptions(**opts))
+    assert static == dynamic and all(len(row) > 0 for row in static)
+    assert again == static  # the second call reuses the first one's cache, reset
+    assert list(tiny_model.llm._nemo_lite_static_caches) == [(3, decoding.STATIC_CACHE_STEP)]
+
+
+@pytest.mark.parametrize(("device", "cpu"), [("cpu", True), ("cuda", False), ("mps", False)])
+def test_budgets_per_device(device, cpu):
+    """CPU keeps the memory-bounded budgets; an accelerator takes a batch of 128 clips in one prefill forward and
+    32 windows of 40 s per encoder call."""
+    from nemo_lite.model import ENCODER_BATCH_SAMPLES, encoder_batch_samples
+
+    dev = torch.device(device)
+    assert decoding.prefill_budget(dev) == (decoding.CPU_PREFILL_TOKENS if cpu else decoding.ACCELERATOR_PREFILL_TOKENS)
+    assert encoder_batch_samples(dev) == ENCODER_BATCH_SAMPLES * (1 if cpu else 32)
+    assert decoding.prefill_budget(dev) >= (1024 if cpu else 128 * 500)  # 128 clips of ~40 s prompts fit at once
+
+
+def test_compile_is_cuda_only(tiny_ckpt):
+    from nemo_lite import CanaryQwen
+
+    with pytest.raises(ValueError, match="CUDA mode"):
+        CanaryQwen.from_pretrained(tiny_ckpt, compile=True)
