@@ -7,10 +7,14 @@ mode per process, so nothing else is counted in it.
 
 Timings (each measured ``repeats`` times; the fastest run is kept, the usual defence against other load):
 - ``perception``: mel + encoder + projection, one clip at a time (``model.perception`` in both systems).
-- ``b1`` / ``bN``: ``generate`` wall time from audio arrays to ids, one clip per call / N clips in one call.
+- ``b1`` / ``batches[N]``: ``generate`` wall time from audio arrays to ids, one clip per call / N clips in one
+  call, for each N of ``job['batches']``.
   Forward hooks on the ``*ForCausalLM`` module split it: the first LLM forward is the prefill over the prompt
   embeddings; decode time per token is the time from the end of the prefill to the end of the last forward,
   over the number of forwards after the prefill (so the per-step overhead of Hugging Face's loop is included).
+
+On a GPU (``job['device']``), every timed region ends with ``torch.cuda.synchronize()`` (the hooks too), and
+the peak GPU memory (``torch.cuda.max_memory_allocated``) is reported beside the RSS.
 
 Fidelity (nemo_lite only): the LLM is stepped along a given token path with a KV cache, exactly as greedy
 decoding steps it, and the log-softmax of every step is kept. The exact-mode worker writes its own greedy paths
@@ -59,28 +63,31 @@ def timed_import(system: str) -> tuple[dict, object]:
     return {"import_pkg_s": t1 - t0, "import_s": t2 - t0}, nemo_lite.CanaryQwen
 
 
-class ForwardClock:
-    """Start/end times of every forward of one module (pre/post hooks)."""
+def synchronize(device: str) -> None:
+    """Wait for the GPU's queued work, so that a host clock read after it times the work itself."""
+    if device.startswith("cuda"):
+        import torch
 
-    def __init__(self, module) -> None:
+        torch.cuda.synchronize()
+
+
+class ForwardClock:
+    """Start/end times of every forward of one module (pre/post hooks; synchronized on a GPU)."""
+
+    def __init__(self, module, device: str = "cpu") -> None:
         self.starts: list[float] = []
         self.ends: list[float] = []
-        module.register_forward_pre_hook(lambda *_: self.starts.append(time.perf_counter()))
-        module.register_forward_hook(lambda *_: self.ends.append(time.perf_counter()))
+        self.device = device
+        import torch
 
-    def reset(self) -> None:
-        self.starts.clear()
-        self.ends.clear()
+        # Kept out of torch.compile (the compile mode traces the module they sit on): traced, their list-length
+        # guards recompiled them at every step until dynamo's recompile limit.
+        module.register_forward_pre_hook(torch._dynamo.disable(lambda *_: self._stamp(self.starts)))
+        module.register_forward_hook(torch._dynamo.disable(lambda *_: self._stamp(self.ends)))
 
-    def split(self, new_tokens: int) -> dict:
-        """Prefill seconds, decode steps and decode seconds of the generate() call since the last reset, which
-        produced ``new_tokens`` tokens per row at most (so its last ``new_tokens - 1`` forwards are decode steps).
-        Everything before them is prefill: one forward, or nemo_lite's chunked-prefill forwards plus
-        generate()'s forward of the last prompt position."""
-        n = len(self.ends)
-        first = max(0, n - new_tokens)  # the forward that yields the first new token
-        return {"prefill_s": self.ends[first] - self.starts[0], "decode_steps": n - 1 - first,
-                "decode_s": self.ends[-1] - self.ends[first]}
+    def _stamp(self, times: list[float]) -> None:
+        synchronize(self.device)
+        times.append(time.perf_counter())
 
 
 def causal_lm(llm):
@@ -97,7 +104,8 @@ class LiteRunner:
     """nemo_lite's CanaryQwen behind the worker's small interface."""
 
     def __init__(self, cls, job: dict) -> None:
-        self.model = cls.from_pretrained(job["ckpt"], llm_path=job.get("llm_path"), **job["kwargs"])
+        self.model = cls.from_pretrained(job["ckpt"], llm_path=job.get("llm_path"), device=job["device"],
+                                         **job["kwargs"])
         self.llm = self.model.llm
 
     def perceive(self, audio) -> None:
@@ -139,7 +147,7 @@ class LiteRunner:
             step = embed(torch.tensor([[tok]], device=embeds.device))  # (1, 1, H)
             out = llm(inputs_embeds=step, attention_mask=mask, past_key_values=out.past_key_values, use_cache=True)
             rows.append(out.logits[0, -1].float().log_softmax(-1))
-        return torch.stack(rows)  # (steps, vocab)
+        return torch.stack(rows).cpu()  # (steps, vocab)
 
     @property
     def merged(self) -> bool:
@@ -197,18 +205,25 @@ def _torch_dtype(name: str):
 
 
 class NemoRunner:
-    """NeMo's SALM, driven as scripts/make_parity_fixtures.py drives it."""
+    """NeMo's SALM, driven as scripts/make_parity_fixtures.py drives it; in bf16 on a GPU as NeMo's own
+    ``examples/speechlm2/salm_generate.py`` does (``.eval().to(torch.bfloat16).to("cuda")``)."""
 
     def __init__(self, cls, job: dict) -> None:
-        self.model = cls.from_pretrained(job["ckpt"]).eval()
+        import torch
+
+        model = cls.from_pretrained(job["ckpt"]).eval()
+        if job["kwargs"].get("dtype") == "bf16":
+            model = model.to(torch.bfloat16)
+        self.model = model.to(job["device"])
+        self.device = job["device"]
         self.llm = self.model.llm
         self.prompt = [{"role": "user", "content": ASR_TEXT}]
 
     def perceive(self, audio) -> None:
         import torch
 
-        sig = torch.from_numpy(audio)[None]  # (1, N)
-        self.model.perception(input_signal=sig, input_signal_length=torch.tensor([sig.shape[1]]))
+        sig = torch.from_numpy(audio)[None].to(self.device)  # (1, N)
+        self.model.perception(input_signal=sig, input_signal_length=torch.tensor([sig.shape[1]], device=self.device))
 
     def generate(self, audios: list, max_new_tokens: int) -> list[list[int]]:
         import torch
@@ -217,6 +232,7 @@ class NemoRunner:
         batch = torch.zeros(len(audios), int(lens.max()))  # (B, N) zero-padded
         for i, a in enumerate(audios):
             batch[i, : len(a)] = torch.from_numpy(a)
+        batch, lens = batch.to(self.device), lens.to(self.device)
         out = self.model.generate(prompts=[self.prompt] * len(audios), audios=batch, audio_lens=lens,
                                   max_new_tokens=max_new_tokens)
         eos = self.model.text_eos_id
@@ -228,11 +244,13 @@ def best_of(repeats: int, fn):
     return min((fn() for _ in range(repeats)), key=lambda r: r["wall_s"])
 
 
-def time_perception(runner, clips: list, repeats: int) -> dict:
+def time_perception(runner, clips: list, repeats: int, device: str) -> dict:
     def once() -> dict:
+        synchronize(device)
         t0, c0 = time.perf_counter(), cpu_seconds()
         for audio in clips:
             runner.perceive(audio)
+        synchronize(device)
         return {"wall_s": time.perf_counter() - t0, "cpu_s": cpu_seconds() - c0}
 
     return best_of(repeats, once)
@@ -267,7 +285,7 @@ def fidelity(runner, clips: list, job: dict) -> dict:
         for i, (audio, path) in enumerate(zip(clips, paths, strict=True)):
             logp = runner.step_logprobs(audio, path)  # (steps, vocab)
             torch.save(logp, os.path.join(folder, f"{i}.pt"))
-            agree += int((logp.argmax(-1) == torch.tensor(path)).sum())
+            agree += int((logp.argmax(-1) == torch.tensor(path)).sum())  # logp is on the CPU
             total += len(path)
         with open(os.path.join(folder, "paths.json"), "w") as f:
             json.dump(paths, f)
@@ -287,22 +305,27 @@ def fidelity(runner, clips: list, job: dict) -> dict:
 def speed_task(runner, clips: list, job: dict) -> dict:
     import torch
 
-    clock = ForwardClock(causal_lm(runner.llm))
-    mnt, repeats, n = job["max_new_tokens"], job["repeats"], job["batch"]
-    big = [clips[i % len(clips)] for i in range(n)]  # a batch of n built by repeating the clips
-    res: dict = {}
+    device = job["device"]
+    clock = ForwardClock(causal_lm(runner.llm), device)
+    mnt, repeats = job["max_new_tokens"], job["repeats"]
+    res: dict = {"batches": {}}
     with torch.inference_mode():
         t0 = time.perf_counter()
         runner.generate([min(clips, key=len)], WARMUP_TOKENS)
+        if device != "cpu":  # first use of each batch shape picks kernels (cuBLAS, SDPA): keep it out of timings
+            for n in job["batches"]:
+                runner.generate([clips[i % len(clips)] for i in range(n)], WARMUP_TOKENS)
         res["warmup_s"] = time.perf_counter() - t0
         rss = {"load": peak_rss_bytes()}  # peak RSS after each stage: where memory grows
         cpu0, w0 = cpu_seconds(), time.perf_counter()
-        res["perception"] = time_perception(runner, clips, repeats)
+        res["perception"] = time_perception(runner, clips, repeats, device)
         rss["perception"] = peak_rss_bytes()
         res["b1"] = time_generate(runner, clock, [[c] for c in clips], mnt, repeats)
         rss["b1"] = peak_rss_bytes()
-        res["bN"] = time_generate(runner, clock, [big], mnt, repeats)
-        rss["bN"] = peak_rss_bytes()
+        for n in job["batches"]:
+            big = [clips[i % len(clips)] for i in range(n)]  # a batch of n built by repeating the clips
+            res["batches"][str(n)] = time_generate(runner, clock, [big], mnt, repeats)
+            rss[f"b{n}"] = peak_rss_bytes()
         res["cpu_util"] = (cpu_seconds() - cpu0) / (time.perf_counter() - w0)  # ~threads when not starved
         res["peak_rss_after"] = rss
         if job.get("fidelity_role"):
@@ -330,6 +353,7 @@ def quality_task(runner, clips: list, job: dict) -> dict:
 def main() -> None:
     with open(sys.argv[1]) as f:
         job = json.load(f)
+    job.setdefault("device", "cpu")
     result: dict = {"system": job["system"], "mode": job["mode"], "load_avg_start": load_avg()}
     timings, cls = timed_import(job["system"])
     result.update(timings)
@@ -347,11 +371,18 @@ def main() -> None:
     else:
         runner_cls = WhisperRunner if os.path.exists(os.path.join(job["ckpt"], "whisper_llm.json")) else LiteRunner
     runner = runner_cls(cls, job)
+    synchronize(job["device"])
     result["load_s"] = time.perf_counter() - t0
     result["peak_rss_load"] = peak_rss_bytes()
+    gpu = job["device"].startswith("cuda")
+    if gpu:
+        result["gpu_name"] = torch.cuda.get_device_name()
+        result["gpu_peak_load"] = torch.cuda.max_memory_allocated()
     task = speed_task if job["task"] == "speed" else quality_task
     result.update(task(runner, clips, job))
     result["peak_rss"] = peak_rss_bytes()
+    if gpu:
+        result["gpu_peak"] = torch.cuda.max_memory_allocated()
     result["load_avg_end"] = load_avg()
     with open(sys.argv[2], "w") as f:
         json.dump(result, f)
