@@ -89,6 +89,20 @@ class ForwardClock:
         synchronize(self.device)
         times.append(time.perf_counter())
 
+    def reset(self) -> None:
+        self.starts.clear()
+        self.ends.clear()
+
+    def split(self, new_tokens: int) -> dict:
+        """Prefill seconds, decode steps and decode seconds of the generate() call since the last reset, which
+        produced ``new_tokens`` tokens per row at most (so its last ``new_tokens - 1`` forwards are decode steps).
+        Everything before them is prefill: one forward, or nemo_lite's chunked-prefill forwards plus
+        generate()'s forward of the last prompt position."""
+        n = len(self.ends)
+        first = max(0, n - new_tokens)  # the forward that yields the first new token
+        return {"prefill_s": self.ends[first] - self.starts[0], "decode_steps": n - 1 - first,
+                "decode_s": self.ends[-1] - self.ends[first]}
+
 
 def causal_lm(llm):
     """The transformers ``*ForCausalLM`` module inside a (peft-wrapped) LLM: the one generate() calls per step
