@@ -184,7 +184,10 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
         return EXIT_SETUP
     if args.output_dir:
         Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-    opts = TranscribeOptions(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, on_error="skip",
+    from .model import default_batch_size
+
+    batch_size = default_batch_size(model.device) if args.batch_size is None else args.batch_size
+    opts = TranscribeOptions(batch_size=batch_size, max_new_tokens=args.max_new_tokens, on_error="skip",
                              chunk=ChunkOptions(max_chunk_seconds=args.max_chunk_seconds))
     bad, done, audio_seconds, t0 = len(errors), 0, 0.0, time.perf_counter()
     bar = tqdm(total=round(sum(j.duration for j in jobs), 2), unit="s", desc="transcribing", file=sys.stderr,
@@ -298,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("transcribe", help="transcribe audio files, directories or NeMo manifests")
     t.add_argument("inputs", nargs="+", metavar="FILE_DIR_OR_MANIFEST")
     _model_args(t)
-    t.add_argument("--batch-size", type=int, default=8, help="windows decoded together (default %(default)s)")
+    t.add_argument("--batch-size", type=int, help="windows decoded together (default 8 on CPU, 64 on a GPU)")
     t.add_argument("--format", choices=FORMATS, default="txt", help="output format (default %(default)s)")
     t.add_argument("--output-dir", help="write one file per input (named after its stem) here, not to stdout")
     t.add_argument("--timestamps", action="store_true", help="txt: one line per segment with start/end seconds")
@@ -320,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "batch_size", 1) < 1:
+    if getattr(args, "batch_size", None) is not None and args.batch_size < 1:
         print("nemo-lite: --batch-size must be >= 1", file=sys.stderr)
         return EXIT_SETUP
     try:

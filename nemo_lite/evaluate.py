@@ -117,7 +117,7 @@ def score(references: list[str], hypotheses: list[str], normalize=None) -> tuple
     return words, chars, rows
 
 
-def evaluate(model, manifest: str | Path, output: str | Path | None = None, batch_size: int = 8,
+def evaluate(model, manifest: str | Path, output: str | Path | None = None, batch_size: int | None = None,
              spelling_mapping: str | Path | dict | None = None, max_new_tokens: int | None = None) -> EvalResult:
     """Transcribe every manifest entry with ``model.transcribe`` and score it; ``output``: per-utterance JSONL.
     ``max_new_tokens``: per clip/window (default: the model's own budget)."""
@@ -177,7 +177,7 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("manifest", help="JSONL manifest: audio_filepath (relative to the manifest), text, duration")
     p.add_argument("--model", required=True, help="Canary-Qwen checkpoint (hub id or dir) or a WhisperLLM directory")
     p.add_argument("--output", help="per-utterance JSONL: reference, hypothesis, normalised texts, WER, word diff")
-    p.add_argument("--batch-size", type=int, default=8, help="clips decoded together (default %(default)s)")
+    p.add_argument("--batch-size", type=int, help="clips decoded together (default 8 on CPU, 64 on a GPU)")
     p.add_argument("--max-new-tokens", type=int, help="tokens per clip/window (default: from the duration)")
     p.add_argument("--spelling-mapping", help="Whisper's english.json (British -> American) for the normaliser")
     p.add_argument("--llm-path", help="local LLM config + tokenizer dir, when a Canary checkpoint's LLM is offline")

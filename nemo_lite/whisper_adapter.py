@@ -349,13 +349,16 @@ class WhisperLLM(nn.Module):
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
 
-    def transcribe(self, audio: AudioInput | list[AudioInput], batch_size: int = 8,
+    def transcribe(self, audio: AudioInput | list[AudioInput], batch_size: int | None = None,
                    max_new_tokens: int | None = None, sample_rate: int = SAMPLE_RATE):
         """Text per input (one input -> str, a list -> list[str]); audio over 30 s is cut into windows of at most
-        30 s at quiet points (:mod:`nemo_lite.longform`) whose texts are joined with spaces."""
+        30 s at quiet points (:mod:`nemo_lite.longform`) whose texts are joined with spaces. ``batch_size``:
+        windows per batch (default 8 on CPU, 64 on a GPU, as for CanaryQwen)."""
         from .longform import ChunkOptions
+        from .model import default_batch_size
         from .transcription import TranscribeOptions, transcribe
 
+        batch_size = default_batch_size(self.device) if batch_size is None else batch_size
         seconds = self.window_samples / SAMPLE_RATE
         chunk = ChunkOptions(max_chunk_seconds=seconds, search_seconds=min(5.0, seconds / 2))
         opts = TranscribeOptions(batch_size=batch_size, max_new_tokens=max_new_tokens, sample_rate=sample_rate,

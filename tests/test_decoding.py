@@ -107,3 +107,22 @@ def test_compile_is_cuda_only(tiny_ckpt):
 
     with pytest.raises(ValueError, match="CUDA mode"):
         CanaryQwen.from_pretrained(tiny_ckpt, compile=True)
+
+
+def test_default_batch_size_per_device(tiny_model, monkeypatch):
+    """Without batch_size, transcribe() decodes 8 windows a call on CPU; a GPU defaults to 64."""
+    from nemo_lite.model import default_batch_size
+
+    sizes: list[int] = []
+    inner = tiny_model.generate_from_embeddings
+
+    def counting(embeds, **kwargs):
+        sizes.append(len(embeds))
+        return inner(embeds, **kwargs)
+
+    monkeypatch.setattr(tiny_model, "generate_from_embeddings", counting)
+    rng = np.random.default_rng(1)
+    clips = [rng.standard_normal(8000).astype(np.float32) * 0.1 for _ in range(10)]
+    texts = tiny_model.transcribe(clips, max_new_tokens=2)
+    assert sizes == [8, 2] and len(texts) == 10
+    assert default_batch_size(torch.device("cuda")) == 64

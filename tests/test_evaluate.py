@@ -90,4 +90,4 @@ def test_eval_parser_registers_command():
     parser = argparse.ArgumentParser()
     ev.add_eval_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["eval", "m.jsonl", "--model", "ckpt", "--output", "p.jsonl"])
-    assert args.func is ev.cmd_eval and args.manifest == "m.jsonl" and args.batch_size == 8
+    assert args.func is ev.cmd_eval and args.manifest == "m.jsonl" and args.batch_size is None  # device default
