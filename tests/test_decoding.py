@@ -80,14 +80,34 @@ def test_static_cache_same_ids(tiny_model, prefill_tokens):
     eagerly (it compiles only on a GPU), which tests the cache plumbing itself."""
     embeds, mask = _batch(tiny_model, [2.5, 0.7, 1.9])
     opts = dict(max_new_tokens=12, eos_id=tiny_model.eos_id, pad_id=tiny_model.pad_id, prefill_tokens=prefill_tokens)
-    tiny_model.llm.__dict__.pop("_nemo_lite_static_caches", None)
+    llm = tiny_model.llm
+    llm.__dict__.pop("_nemo_lite_static_caches", None)
     with torch.inference_mode():
-        static = decoding.greedy(tiny_model.llm, embeds, mask, decoding.GreedyOptions(**opts, compile=True))
-        again = decoding.greedy(tiny_model.llm, embeds, mask, decoding.GreedyOptions(**opts, compile=True))
-        dynamic = decoding.greedy(tiny_model.llm, embeds, mask, decoding.GreedyOptions(**opts))
+        static = decoding.greedy(llm, embeds, mask, decoding.GreedyOptions(**opts, compile=True))
+        again = decoding.greedy(llm, embeds, mask, decoding.GreedyOptions(**opts, compile=True))
+        pool = llm._nemo_lite_static_caches
+        assert list(pool) == [3] and pool[3][0] == decoding.STATIC_CACHE_STEP  # rows -> (length, cache)
+        decoding.static_cache(llm, 3, 3 * decoding.STATIC_CACHE_STEP)  # longer; the next call reuses it
+        longer = decoding.greedy(llm, embeds, mask, decoding.GreedyOptions(**opts, compile=True))
+        dynamic = decoding.greedy(llm, embeds, mask, decoding.GreedyOptions(**opts))
     assert static == dynamic and all(len(row) > 0 for row in static)
     assert again == static  # the second call reuses the first one's cache, reset
-    assert list(tiny_model.llm._nemo_lite_static_caches) == [(3, decoding.STATIC_CACHE_STEP)]
+    assert longer == static and pool[3][0] == 3 * decoding.STATIC_CACHE_STEP  # positions past the input unused
+
+
+def test_static_cache_one_per_row_count(tiny_model):
+    """One cache per row count: a shorter input reuses a longer cache, a longer input replaces it."""
+    llm = tiny_model.llm
+    llm.__dict__.pop("_nemo_lite_static_caches", None)
+    step = decoding.STATIC_CACHE_STEP
+    pool = llm.__dict__.setdefault("_nemo_lite_static_caches", {})
+    first = decoding.static_cache(llm, 2, step + 1)
+    assert pool[2] == (2 * step, first)  # rounded up to two steps
+    assert decoding.static_cache(llm, 2, 10) is first  # shorter: the same cache (same shape, no recompile)
+    longer = decoding.static_cache(llm, 2, 3 * step)
+    assert longer is not first and pool[2] == (3 * step, longer)
+    other = decoding.static_cache(llm, 5, 10)
+    assert pool[5] == (step, other) and sorted(pool) == [2, 5]
 
 
 @pytest.mark.parametrize(("device", "cpu"), [("cpu", True), ("cuda", False), ("mps", False)])
