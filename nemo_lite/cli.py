@@ -184,10 +184,7 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
         return EXIT_SETUP
     if args.output_dir:
         Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-    from .model import default_batch_size
-
-    batch_size = default_batch_size(model.device) if args.batch_size is None else args.batch_size
-    opts = TranscribeOptions(batch_size=batch_size, max_new_tokens=args.max_new_tokens, on_error="skip",
+    opts = TranscribeOptions(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, on_error="skip",
                              chunk=ChunkOptions(max_chunk_seconds=args.max_chunk_seconds))
     bad, done, audio_seconds, t0 = len(errors), 0, 0.0, time.perf_counter()
     bar = tqdm(total=round(sum(j.duration for j in jobs), 2), unit="s", desc="transcribing", file=sys.stderr,

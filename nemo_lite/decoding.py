@@ -5,8 +5,9 @@ Qwen3's own sampling ``generation_config.json`` is deliberately not used (NeMo d
 Rows are trimmed after the first eos, which NeMo leaves padded.
 
 Chunked prefill (a departure from NeMo, for memory): a batch whose prompt holds more than
-``GreedyOptions.prefill_tokens`` rows x positions is prefilled here in slices of positions, the KV cache passed
-from slice to slice, and ``generate`` continues from that cache. The attention scores and MLP activations of a
+``GreedyOptions.prefill_tokens`` rows x positions (default: :func:`prefill_budget` of the inputs' device) is
+prefilled here in slices of positions, the KV cache passed from slice to slice, and ``generate`` continues from
+that cache. The attention scores and MLP activations of a
 prefill grow with rows x positions (x positions for the scores), so a batch of eight 40 s windows would
 otherwise need eight times the transient memory of one 40 s clip. Inputs within the budget (one 40 s clip:
 ~520 positions) take NeMo's path unchanged; chunked results equal it up to float rounding. The budget depends on
@@ -47,7 +48,7 @@ class GreedyOptions:
     max_new_tokens: int = 128  # new tokens per row at most
     eos_id: int = 151645  # <|im_end|>: a row ends after it
     pad_id: int = 151643  # <|endoftext|>: fills finished rows
-    prefill_tokens: int = CPU_PREFILL_TOKENS  # rows x positions per prefill forward; above it: slices
+    prefill_tokens: int | None = None  # rows x positions per prefill forward, above it slices; None: device's
     compile: bool = False  # static KV cache + torch.compile'd decoding steps (CUDA; see the module docstring)
 
 
@@ -113,11 +114,12 @@ def greedy(llm, embeds: torch.Tensor, mask: torch.Tensor, opts: GreedyOptions) -
         raise ValueError(f"max_new_tokens must be >= 1, got {opts.max_new_tokens}")
     contiguous_head_input(llm)  # idempotent; see its docstring (a 37 s / 4.6 GB bf16 stall at batch 8 without it)
     batch, length = mask.shape
+    budget = opts.prefill_tokens or prefill_budget(embeds.device)
     kwargs = {}
     if opts.compile:
         kwargs["past_key_values"] = static_cache(llm, batch, length + opts.max_new_tokens)
-    if batch * length > opts.prefill_tokens and length > 1:
-        chunk = max(1, opts.prefill_tokens // batch)
+    if batch * length > budget and length > 1:
+        chunk = max(1, budget // batch)
         cache = kwargs.get("past_key_values") or DynamicCache(config=base_causal_lm(llm).config)
         kwargs["past_key_values"] = prefill(llm, embeds[:, :-1], mask[:, :-1], cache, chunk)
     out = llm.generate(inputs_embeds=embeds, attention_mask=mask.long(), generation_config=generation_config(opts),

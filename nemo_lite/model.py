@@ -199,8 +199,7 @@ class CanaryQwen(nn.Module):
         not depend on the padding, so results are the same up to float rounding.
         """
         out: list[torch.Tensor] = []
-        max_samples = max_samples or encoder_batch_samples(self.device)
-        for start, end in encoder_groups([len(a) for a in audios], max_samples):
+        for start, end in encoder_groups([len(a) for a in audios], max_samples or encoder_batch_samples(self.device)):
             group = audios[start:end]
             lengths = torch.tensor([len(a) for a in group], device=self.device)
             batch = torch.zeros(len(group), int(lengths.max()), device=self.device)  # (B, N)
@@ -273,7 +272,6 @@ class CanaryQwen(nn.Module):
         """One batch: prompt rows + the audio embeddings of their tags, in tag order -> new ids per row."""
         embeds, mask = build_inputs_embeds(rows, input_embeddings(self.llm), self.audio_tag_id, audio_embeds)
         options = decoding.GreedyOptions(max_new_tokens=max_new_tokens, eos_id=self.eos_id, pad_id=self.pad_id,
-                                         prefill_tokens=decoding.prefill_budget(self.device),
                                          compile=self.compile_decoding)
         if audio_embeds:
             if self.merged_lora:
@@ -334,7 +332,6 @@ class CanaryQwen(nn.Module):
         from .longform import ChunkOptions
         from .transcription import TranscribeOptions, transcribe
 
-        batch_size = default_batch_size(self.device) if batch_size is None else batch_size
         opts = TranscribeOptions(batch_size=batch_size, max_new_tokens=max_new_tokens, sample_rate=sample_rate,
                                  chunk=ChunkOptions(max_chunk_seconds=max_chunk_seconds), on_error=on_error)
         return transcribe(self, audio, opts, timestamps=timestamps, progress=progress)
@@ -398,7 +395,7 @@ def encoder_batch_samples(device: torch.device) -> int:
     return ENCODER_BATCH_SAMPLES if device.type == "cpu" else ACCELERATOR_ENCODER_BATCH_SAMPLES
 
 
-def encoder_groups(lengths: list[int], max_samples: int = ENCODER_BATCH_SAMPLES) -> list[tuple[int, int]]:
+def encoder_groups(lengths: list[int], max_samples: int) -> list[tuple[int, int]]:
     """Consecutive [start, end) runs of audios that share one zero-padded encoder call: a run grows while
     (its size) x (its longest audio) stays within ``max_samples``; an audio longer than that runs alone."""
     groups, start = [], 0

@@ -71,14 +71,14 @@ class Transcript:
 
 @dataclass(frozen=True)
 class TranscribeOptions:
-    batch_size: int = 8  # windows decoded together
+    batch_size: int | None = None  # windows decoded together; None: the device's default (8 CPU, 64 GPU)
     max_new_tokens: int | None = None  # per window; None: 8 tokens/s + 32, at least 128
     sample_rate: int = SAMPLE_RATE  # rate of array/tensor inputs (files carry their own)
     chunk: ChunkOptions = ChunkOptions()  # long-form window limit and cut search
     on_error: Literal["raise", "skip"] = "raise"  # bad inputs: raise before any work, or return None for them
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {self.on_error!r}")
@@ -125,7 +125,8 @@ def decode_windows(
     model: CanaryQwen, loaded: list[Loaded | None], windows: list[_Window], opts: TranscribeOptions,
     progress: Progress | None = None,
 ) -> list[str]:
-    """Text per window, ``batch_size`` windows per ``generate`` call, texts in window order.
+    """Text per window, ``batch_size`` windows per ``generate`` call, texts in window order (``None``:
+    :func:`~nemo_lite.model.default_batch_size` of the model's device).
 
     Batch order: windows of long files in file order (each file is decoded once more, front to back), then the
     other windows longest first (similar lengths share a batch: little padding).
@@ -133,10 +134,13 @@ def decode_windows(
     streamed = [k for k, w in enumerate(windows) if isinstance(loaded[w.item], LongAudio)]
     in_memory = sorted((k for k, w in enumerate(windows) if not isinstance(loaded[w.item], LongAudio)),
                        key=lambda k: -(windows[k].end - windows[k].start))
+    from .model import default_batch_size
+
     order = streamed + in_memory
     texts = [""] * len(windows)
-    for s in range(0, len(order), opts.batch_size):
-        chunk = order[s:s + opts.batch_size]
+    batch_size = opts.batch_size or default_batch_size(model.device)
+    for s in range(0, len(order), batch_size):
+        chunk = order[s:s + batch_size]
         seconds = [(windows[k].end - windows[k].start) / SAMPLE_RATE for k in chunk]
         budgets = [opts.max_new_tokens or token_budget(t) for t in seconds]
         ids = model.generate_from_embeddings(_embed_windows(model, loaded, [windows[k] for k in chunk]),

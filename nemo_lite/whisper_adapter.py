@@ -342,8 +342,7 @@ class WhisperLLM(nn.Module):
         prompt = torch.tensor(self.prompt_ids(), device=self.device)
         embeds, mask = build_inputs_embeds([prompt] * len(audio_embeds), input_embeddings(self.llm),
                                            self.audio_pad_id, list(audio_embeds))  # (B, L, H), (B, L)
-        opts = decoding.GreedyOptions(max_new_tokens=max_new_tokens, eos_id=self.eos_id, pad_id=self.pad_id,
-                                      prefill_tokens=decoding.prefill_budget(self.device))
+        opts = decoding.GreedyOptions(max_new_tokens=max_new_tokens, eos_id=self.eos_id, pad_id=self.pad_id)
         return decoding.greedy(self.llm, embeds, mask, opts)
 
     def decode(self, ids: list[int]) -> str:
@@ -355,10 +354,8 @@ class WhisperLLM(nn.Module):
         30 s at quiet points (:mod:`nemo_lite.longform`) whose texts are joined with spaces. ``batch_size``:
         windows per batch (default 8 on CPU, 64 on a GPU, as for CanaryQwen)."""
         from .longform import ChunkOptions
-        from .model import default_batch_size
         from .transcription import TranscribeOptions, transcribe
 
-        batch_size = default_batch_size(self.device) if batch_size is None else batch_size
         seconds = self.window_samples / SAMPLE_RATE
         chunk = ChunkOptions(max_chunk_seconds=seconds, search_seconds=min(5.0, seconds / 2))
         opts = TranscribeOptions(batch_size=batch_size, max_new_tokens=max_new_tokens, sample_rate=sample_rate,
