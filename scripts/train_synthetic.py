@@ -42,6 +42,7 @@ the same recipe. ``--manifest`` trains on your own NeMo JSONL manifest instead o
 ``--prepare-only`` writes the backbones and the two configs and prints the commands that train and score them:
 
     python scripts/train_synthetic.py [--work /tmp/nemo_lite_synthetic] [--docs docs]
+    python scripts/train_synthetic.py --plot-only docs/training_curves.json   # redraw the PNG from the numbers
     python scripts/train_synthetic.py --prepare-only --manifest data/train.jsonl --work runs/tiny
 """
 
@@ -213,7 +214,7 @@ def plot(report: dict, path: Path) -> None:
     ax.set_title("Tiny random Whisper + Qwen3 on synthetic espeak-ng speech (CPU)")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=100)
 
 
 def main() -> None:
@@ -226,9 +227,15 @@ def main() -> None:
     parser.add_argument("--docs", help="where training_curves.json/.png go (default: docs, or WORK with --manifest)")
     parser.add_argument("--frames", type=int, help="encoder frames per window, 50 a second (default: 1500, Whisper's "
                         "30 s; with --manifest the shortest 2 s step above its longest clip + 1 s, at least 4 s)")
+    parser.add_argument("--plot-only", metavar="JSON", help="only redraw JSON's PNG beside it (training_curves.json "
+                        "holds every loss; seconds, no training)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads; 1 is fastest for these tiny models, "
                         "and far faster when other processes share the cores (OpenMP threads spin-wait)")
     args = parser.parse_args()
+    if args.plot_only:
+        report_path = Path(args.plot_only)
+        plot(json.loads(report_path.read_text()), report_path.with_suffix(".png"))
+        return
     root = Path(args.work).resolve()
     root.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
