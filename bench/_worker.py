@@ -199,17 +199,16 @@ class WhisperRunner(LiteRunner):
         return self._merged
 
     def generate(self, audios: list, max_new_tokens: int) -> list[list[int]]:
-        return self.model.generate(audios, max_new_tokens=max_new_tokens, batch_size=len(audios))
+        return self.model.generate(audios=audios, max_new_tokens=max_new_tokens, batch_size=len(audios))
 
     def prompt_embeds(self, audio):
-        import torch
 
         from nemo_lite.injection import build_inputs_embeds
         from nemo_lite.llm import input_embeddings
 
         model = self.model
-        ids = torch.tensor(model.prompt_ids(), device=model.device)
-        return build_inputs_embeds([ids], input_embeddings(model.llm), model.audio_pad_id, model.embed_audio([audio]))
+        ids = model.prompt_ids(model.asr_prompt())
+        return build_inputs_embeds([ids], input_embeddings(model.llm), model.audio_tag_id, model.embed_audio([audio]))
 
 
 def _torch_dtype(name: str):

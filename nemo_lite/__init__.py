@@ -11,7 +11,11 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "CanaryQwen": "nemo_lite.model",
+    "from_pretrained": "nemo_lite.auto",
+    "SpeechLM": "nemo_lite.speechlm",
+    "LoadOptions": "nemo_lite.options",
+    "PRESETS": "nemo_lite.options",
+    "CanaryQwen": "nemo_lite.canary_qwen",
     "AudioError": "nemo_lite.audio",
     "load_audio": "nemo_lite.audio",
     "CheckpointError": "nemo_lite.weights",
@@ -21,17 +25,21 @@ _EXPORTS = {
     "Transcript": "nemo_lite.transcription",
     "WhisperLLM": "nemo_lite.whisper_adapter",
     "WhisperLLMConfig": "nemo_lite.whisper_adapter",
-    "TrainConfig": "nemo_lite.train",
-    "load_train_config": "nemo_lite.train",
+    "TrainConfig": "nemo_lite.training.config",
+    "load_train_config": "nemo_lite.training.config",
 }
-__all__ = ["AudioError", "CanaryQwen", "CheckpointError", "ConfigError", "SALMConfig", "Segment", "TrainConfig",
-           "Transcript", "WhisperLLM", "WhisperLLMConfig", "load_audio", "load_train_config"]
+__all__ = ["PRESETS", "AudioError", "CanaryQwen", "CheckpointError", "ConfigError", "LoadOptions", "SALMConfig",
+           "Segment", "SpeechLM", "TrainConfig", "Transcript", "WhisperLLM", "WhisperLLMConfig", "from_pretrained",
+           "load_audio", "load_train_config"]
 
 if TYPE_CHECKING:
     from .audio import AudioError, load_audio
+    from .auto import from_pretrained
+    from .canary_qwen import CanaryQwen
     from .config import ConfigError, SALMConfig
-    from .model import CanaryQwen
-    from .train import TrainConfig, load_train_config
+    from .options import PRESETS, LoadOptions
+    from .speechlm import SpeechLM
+    from .training.config import TrainConfig, load_train_config
     from .transcription import Segment, Transcript
     from .weights import CheckpointError
     from .whisper_adapter import WhisperLLM, WhisperLLMConfig

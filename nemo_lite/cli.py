@@ -1,5 +1,5 @@
 """The ``nemo-lite`` command: ``transcribe`` files, folders and NeMo manifests; ``chat`` with the LLM (adapter off);
-``train`` from a config (the loop: :mod:`nemo_lite.train`); ``eval`` (:mod:`nemo_lite.evaluate`).
+``train`` from a config (:mod:`nemo_lite.training`); ``eval`` (:mod:`nemo_lite.evaluate`).
 
 ``nemo-lite transcribe`` takes audio files, directories (scanned recursively for :data:`AUDIO_EXTENSIONS`) and
 NeMo-style manifests (``.json``/``.jsonl``, one JSON object a line with ``audio_filepath``; relative paths resolve
@@ -22,14 +22,14 @@ import json
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .audio import AUDIO_EXTENSIONS, probe_duration
 
 if TYPE_CHECKING:
-    from .model import CanaryQwen
+    from .speechlm import SpeechLM
     from .transcription import Transcript
 
 DEFAULT_MODEL = "nvidia/canary-qwen-2.5b"
@@ -145,24 +145,23 @@ def emit(job: Job, transcript: Transcript, args: argparse.Namespace, several: bo
 
 
 # ---------------------------------------------------------------------- commands
-def load_model(args: argparse.Namespace) -> CanaryQwen | None:
-    """The model, or None after printing why it cannot be loaded (CheckpointError/ConfigError carry the fix)."""
-    import torch
-
+def load_model(args: argparse.Namespace) -> SpeechLM | None:
+    """The model (either design, detected from the checkpoint), or None after printing why it cannot be loaded
+    (CheckpointError/ConfigError carry the fix)."""
+    from .auto import from_pretrained
     from .config import ConfigError
-    from .model import CanaryQwen
+    from .runtime import default_device
     from .weights import CheckpointError
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return CanaryQwen.from_pretrained(args.model, device=device, dtype=args.dtype, llm_path=args.llm_path,
-                                          quantize=args.quantize, merge_lora=args.merge_lora,
-                                          encoder_dtype=args.encoder_dtype, compile=args.compile)
+        return from_pretrained(args.model, device=args.device or default_device(), dtype=args.dtype,
+                               llm_path=args.llm_path, quantize=args.quantize, merge_lora=args.merge_lora or None,
+                               encoder_dtype=args.encoder_dtype, compile=args.compile or None)
     except (CheckpointError, ConfigError) as err:  # their messages say what to do
-        print(f"nemo-lite: cannot load model {args.model!r}:\n{err}", file=sys.stderr)
+        print(f"nemo-lite: cannot load model {args.model!r}: {err}", file=sys.stderr)
         return None
     except (RuntimeError, ValueError, OSError) as err:  # bad --device/--dtype, unreadable files
-        print(f"nemo-lite: cannot load model {args.model!r}: {type(err).__name__}: {err}", file=sys.stderr)
+        print(f"nemo-lite: cannot load model {args.model!r}: {err}", file=sys.stderr)
         return None
 
 
@@ -232,35 +231,6 @@ def cmd_chat(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _override(cfg: dict, item: str) -> None:
-    key, sep, value = item.partition("=")
-    if not sep:
-        raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
-    try:
-        cfg[key] = json.loads(value)
-    except json.JSONDecodeError:
-        cfg[key] = value  # a bare string
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    import torch.distributed as dist
-
-    from .train import TrainConfig, load_train_config, train
-
-    raw = asdict(load_train_config(args.config))
-    for item in args.set or []:
-        _override(raw, item)
-    cfg = TrainConfig.from_dict(raw)
-    result = train(cfg)
-    if not dist.is_initialized() or dist.get_rank() == 0:
-        last = result.losses[-1] if result.losses else float("nan")
-        print(f"nemo-lite: {result.steps} step(s), final loss {last:.4f}, {result.wall_seconds:.1f} s; "
-              f"model saved to {result.model_dir}", file=sys.stderr)
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    return 0
-
-
 # ---------------------------------------------------------------------- arguments
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, help="hub repo id or local checkpoint directory "
@@ -280,16 +250,6 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                         "batch shape compiles first, so it pays off over many files")
     p.add_argument("--merge-lora", action="store_true",
                    help="speed mode: fold the LoRA adapter into the weights for ASR (unfolded again for LLM mode)")
-
-
-def add_train_parser(subparsers) -> argparse.ArgumentParser:
-    """``nemo-lite train --config CONFIG [--set KEY=VALUE ...]`` (works under torchrun unchanged)."""
-    p = subparsers.add_parser("train", help="fine-tune Canary-Qwen or train a Whisper + LLM model (stage 1 or 2)")
-    p.add_argument("--config", required=True, help="training config (.json or .toml); see nemo_lite.train")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a config key (VALUE parsed as JSON when it can be), e.g. --set max_steps=10")
-    p.set_defaults(func=cmd_train)
-    return p
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -312,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(c)
     c.set_defaults(func=cmd_chat)
     from .evaluate import add_eval_parser
+    from .training.command import add_train_parser
 
     add_train_parser(sub)  # nemo-lite train --config CONFIG (stage 1/2, both architectures; torchrun-ready)
     add_eval_parser(sub)  # nemo-lite eval MANIFEST --model M (WER/CER after Whisper normalisation, RTFx)

@@ -14,33 +14,34 @@ otherwise need eight times the transient memory of one 40 s clip. Inputs within 
 the device (:func:`prefill_budget`): on a GPU a batch of 128 clips prefills in one forward, as in NeMo, since
 slicing it would only add kernel launches while its transient memory is small next to the card's.
 
-Compiled decoding (``GreedyOptions.compile``, CUDA only): ``generate`` gets a ``StaticCache`` and then runs
-every decoding step through ``torch.compile`` (inductor, "reduce-overhead": CUDA graphs), which transformers
+Compiled decoding (``greedy(..., caches=CachePool())``, CUDA only): ``generate`` gets a ``StaticCache`` and
+then runs every decoding step through ``torch.compile`` (inductor, "reduce-overhead": CUDA graphs), which transformers
 does by itself for a static cache on a GPU. On a GPU a small batch's step is bound by launching ~1000 small
 kernels from Python, not by the card; a CUDA graph replays them in one launch. Every distinct cache shape
-compiles once, so one cache per row count is kept on the LLM (its length: a multiple of
-:data:`STATIC_CACHE_STEP`) and reset between calls; a shorter input reuses the longer cache, and a longer one
-replaces it. A transcription run with one batch size meets few shapes, and the GPU holds one cache per row
-count (64 rows x 1024 positions of Qwen3-1.7B in bf16: 7.5 GB), not one per length. Same greedy algorithm;
+compiles once, so one cache per row count is kept in a :class:`CachePool` that the model owns (its length: a
+multiple of :data:`STATIC_CACHE_STEP`) and reset between calls; a shorter input reuses the longer cache, and a
+longer one replaces it; ``CachePool.clear()`` frees them all. A transcription run with one batch size meets few
+shapes, and the GPU holds one cache per row count (64 rows x 1024 positions of Qwen3-1.7B in bf16: 7.5 GB), not
+one per length. Same greedy algorithm;
 ids can differ from eager bf16 where bf16 rounding differs between fused and unfused kernels.
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
-from .llm import base_causal_lm, contiguous_head_input
+from .llm import base_causal_lm
+from .runtime import prefill_budget
 
 if TYPE_CHECKING:  # transformers is imported on first use: `from nemo_lite import CanaryQwen` stays fast
-    from transformers import GenerationConfig
+    from transformers import GenerationConfig, StaticCache
 
 
 STATIC_CACHE_STEP = 256  # static cache lengths: multiples of this (few shapes, few compilations)
-CPU_PREFILL_TOKENS = 1024  # one 40 s clip's prompt in one forward; a CPU prefill is compute-bound anyway
-ACCELERATOR_PREFILL_TOKENS = 1 << 16  # 128 rows x 512 positions: ~0.8 GB of bf16 MLP activations at full size
 
 
 @dataclass(frozen=True)
@@ -49,12 +50,36 @@ class GreedyOptions:
     eos_id: int = 151645  # <|im_end|>: a row ends after it
     pad_id: int = 151643  # <|endoftext|>: fills finished rows
     prefill_tokens: int | None = None  # rows x positions per prefill forward, above it slices; None: device's
-    compile: bool = False  # static KV cache + torch.compile'd decoding steps (CUDA; see the module docstring)
 
 
-def prefill_budget(device: torch.device) -> int:
-    """Rows x positions per prefill forward on ``device`` (see the module docstring)."""
-    return CPU_PREFILL_TOKENS if device.type == "cpu" else ACCELERATOR_PREFILL_TOKENS
+class CachePool:
+    """Static KV caches for compiled decoding, one per row count, owned by the model that decodes with them.
+
+    The same tensors (addresses) are handed out call after call, so a compiled step and its CUDA graphs are
+    reused. :meth:`clear` frees them (64 rows x 1024 positions of Qwen3-1.7B in bf16 are 7.5 GB of GPU memory).
+    One decoding runs at a time per pool (a lock makes concurrent callers wait: they would share the tensors).
+    """
+
+    def __init__(self) -> None:
+        self.caches: dict[int, tuple[int, StaticCache]] = {}  # rows -> (length, cache)
+        self.lock = threading.Lock()  # held by greedy() for a whole decoding that uses a pooled cache
+
+    def get(self, llm, rows: int, length: int) -> StaticCache:
+        """A reset cache for ``rows`` x at least ``length`` positions: reused when long enough, else replaced."""
+        from transformers import StaticCache
+
+        if rows in self.caches and self.caches[rows][0] >= length:
+            self.caches[rows][1].reset()
+            return self.caches[rows][1]
+        self.caches.pop(rows, None)  # too short: freed before the longer one is allocated
+        size = -(-length // STATIC_CACHE_STEP) * STATIC_CACHE_STEP
+        self.caches[rows] = (size, StaticCache(config=base_causal_lm(llm).config, max_cache_len=size))
+        return self.caches[rows][1]
+
+    def clear(self) -> None:
+        """Drop every cache (their memory is freed once no decoding holds them)."""
+        with self.lock:
+            self.caches.clear()
 
 
 def generation_config(opts: GreedyOptions) -> GenerationConfig:
@@ -91,36 +116,30 @@ def prefill(llm, embeds: torch.Tensor, mask: torch.Tensor, cache, chunk: int):
     return cache
 
 
-def static_cache(llm, rows: int, length: int):
-    """A reset ``StaticCache`` for ``rows`` x at least ``length`` positions, kept on ``llm`` (one per row count)
-    for reuse: the same tensors (addresses) each call, so a compiled step and its CUDA graphs are reused too."""
-    from transformers import StaticCache
+def greedy(llm, embeds: torch.Tensor, mask: torch.Tensor, opts: GreedyOptions,
+           caches: CachePool | None = None) -> list[list[int]]:
+    """embeds (B, L, H) left-padded + mask (B, L) -> new ids per row.
 
-    pool: dict[int, tuple[int, StaticCache]] = llm.__dict__.setdefault("_nemo_lite_static_caches", {})
-    if rows in pool and pool[rows][0] >= length:
-        pool[rows][1].reset()
-        return pool[rows][1]
-    pool.pop(rows, None)  # too short: freed before the longer one is allocated
-    size = -(-length // STATIC_CACHE_STEP) * STATIC_CACHE_STEP
-    pool[rows] = (size, StaticCache(config=base_causal_lm(llm).config, max_cache_len=size))
-    return pool[rows][1]
-
-
-def greedy(llm, embeds: torch.Tensor, mask: torch.Tensor, opts: GreedyOptions) -> list[list[int]]:
-    """embeds (B, L, H) left-padded + mask (B, L) -> new ids per row."""
-    from transformers import DynamicCache
-
+    ``caches``: compiled decoding (CUDA): take a static KV cache from this pool (see the module docstring);
+    None: a fresh dynamic cache per call (eager decoding).
+    """
     if opts.max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {opts.max_new_tokens}")
-    contiguous_head_input(llm)  # idempotent; see its docstring (a 37 s / 4.6 GB bf16 stall at batch 8 without it)
+    if caches is None:
+        return _greedy(llm, embeds, mask, opts, None)
+    with caches.lock:
+        return _greedy(llm, embeds, mask, opts, caches.get(llm, mask.shape[0], mask.shape[1] + opts.max_new_tokens))
+
+
+def _greedy(llm, embeds: torch.Tensor, mask: torch.Tensor, opts: GreedyOptions, cache) -> list[list[int]]:
+    from transformers import DynamicCache
+
     batch, length = mask.shape
     budget = opts.prefill_tokens or prefill_budget(embeds.device)
-    kwargs = {}
-    if opts.compile:
-        kwargs["past_key_values"] = static_cache(llm, batch, length + opts.max_new_tokens)
+    kwargs = {} if cache is None else {"past_key_values": cache}
     if batch * length > budget and length > 1:
         chunk = max(1, budget // batch)
-        cache = kwargs.get("past_key_values") or DynamicCache(config=base_causal_lm(llm).config)
+        cache = cache if cache is not None else DynamicCache(config=base_causal_lm(llm).config)
         kwargs["past_key_values"] = prefill(llm, embeds[:, :-1], mask[:, :-1], cache, chunk)
     out = llm.generate(inputs_embeds=embeds, attention_mask=mask.long(), generation_config=generation_config(opts),
                        **kwargs)

@@ -23,7 +23,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .data import read_manifest
+from .training.data import read_manifest
 
 
 @dataclass
@@ -137,24 +137,12 @@ def evaluate(model, manifest: str | Path, output: str | Path | None = None, batc
 
 
 def load_model(path: str, device: str | None = None, dtype: str | None = None, llm_path: str | None = None):
-    """A CanaryQwen checkpoint (hub layout), a WhisperLLM directory or an original merged checkpoint."""
-    import torch
+    """Either design's checkpoint (:func:`nemo_lite.auto.from_pretrained`): a Canary-Qwen checkpoint (hub layout),
+    a WhisperLLM directory or the adapter's published merged checkpoint."""
+    from .auto import from_pretrained
+    from .runtime import default_device
 
-    from .whisper_adapter import CONFIG_FILE, WhisperLLM
-
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    local = Path(path)
-    if (local / CONFIG_FILE).is_file() or _is_merged(local):
-        torch_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype or "", torch.float32)
-        return WhisperLLM.from_pretrained(local, device=device, dtype=torch_dtype)
-    from .model import CanaryQwen
-
-    return CanaryQwen.from_pretrained(path, device=device, dtype=dtype, llm_path=llm_path)
-
-
-def _is_merged(path: Path) -> bool:
-    cfg = path / "config.json"
-    return cfg.is_file() and json.loads(cfg.read_text()).get("model_type") == "qwen2_vl"
+    return from_pretrained(path, device=device or default_device(), dtype=dtype, llm_path=llm_path)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

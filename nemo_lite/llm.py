@@ -5,7 +5,8 @@ The LoRA adapter is kept as an adapter (never merged by default) so LLM mode can
 saved adapters work unchanged, and checkpoint keys ``llm.base_model.model.model.layers.*`` match directly.
 
 The LLM is built on the meta device (no random init, no memory) and filled by :mod:`nemo_lite.weights`; the
-non-persistent rotary table, which no checkpoint stores, is rebuilt on the real device afterwards.
+non-persistent rotary table, which no checkpoint stores, is rebuilt on the real device afterwards, and the output
+head gets the one documented hook nemo_lite leaves on a model (:func:`contiguous_head_input`).
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ def finish_after_load(llm: PreTrainedModel | PeftModel, device: torch.device) ->
     inner = lm.model
     if hasattr(inner, "rotary_emb"):
         inner.rotary_emb = type(inner.rotary_emb)(config=lm.config).to(device)
+    contiguous_head_input(llm)
 
 
 def input_embeddings(llm: PreTrainedModel | PeftModel) -> torch.nn.Embedding:
@@ -97,7 +99,9 @@ def _dense_input(module: nn.Module, args: tuple) -> tuple:
 
 
 def contiguous_head_input(llm: PreTrainedModel | PeftModel) -> None:
-    """Give the output head an input with dense strides; call again after the head module is swapped (int8).
+    """Give the output head an input with dense strides: a forward pre-hook on the head, the one hook nemo_lite
+    leaves on a model (registered at load by :func:`finish_after_load`, again after int8 swaps the head; it only
+    copies a (B, 1, H) input whose strides are not dense, so outputs are unchanged).
 
     ``*ForCausalLM.forward`` feeds the head ``hidden[:, -1:, :]``, a (B, 1, H) view that keeps the row stride of
     the prompt. torch 2.13's CPU ``matmul`` does not fold such a view into one GEMM: it runs ``bmm`` against a

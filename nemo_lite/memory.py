@@ -1,4 +1,5 @@
-"""Memory: returning freed heap memory to the OS (glibc ``malloc_trim``); weights held narrower than computed.
+"""Memory: returning freed heap memory to the OS (glibc ``malloc_trim``); weights held narrower than computed
+(:class:`NarrowLinear`, :func:`hold_narrow`).
 
 Long recordings run as many windows of slightly different lengths; the encoder's large temporaries then have
 different sizes each call, glibc serves them from its heap and keeps the freed pages, and resident memory creeps
@@ -8,10 +9,9 @@ millisecond) keeps the peak flat. Pinning glibc's mmap threshold instead also wo
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    import torch
+import torch
+import torch.nn.functional as F
+from torch import nn
 
 _MALLOC_TRIM = None  # resolved on first use: the libc function, or False where there is none
 
@@ -30,35 +30,59 @@ def release_freed_memory() -> None:
         _MALLOC_TRIM(0)
 
 
-def _widen(module, args) -> None:
-    """Pre-hook: swap each narrow parameter's (and float buffer's, e.g. BatchNorm statistics) storage for a
-    widened copy; the narrow one is kept aside."""
-    tensors = [*module.parameters(), *module.buffers()]
-    module._nemo_lite_narrow = [(p, p.data) for p in tensors
-                                if p.is_floating_point() and p.dtype != module._nemo_lite_compute]
-    for p, narrow in module._nemo_lite_narrow:
-        p.data = narrow.to(module._nemo_lite_compute)
+class NarrowLinear(nn.Linear):
+    """A ``Linear`` whose weights are held in a narrower dtype (the checkpoint's bf16) and widened to the input's
+    dtype for each call. Stateless during the call (the widened copy is a temporary), so it is exception-safe and
+    safe with concurrent callers; module and parameter names are ``nn.Linear``'s, so checkpoints load as usual."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return F.linear(x, self.weight.to(x.dtype), bias)
 
 
-def _restore(module, args, output) -> None:
-    """Post-hook: put the narrow storage back; the widened copies are freed."""
-    for p, narrow in module._nemo_lite_narrow:
-        p.data = narrow
-    module._nemo_lite_narrow = []
+class NarrowConv1d(nn.Conv1d):
+    """A ``Conv1d`` held narrow and widened per call, like :class:`NarrowLinear`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return self._conv_forward(x, self.weight.to(x.dtype), bias)
 
 
-def compute_on_call(modules, compute: torch.dtype) -> None:
-    """Keep each module's floating-point weights in their present (narrower) dtype at rest and give the module
-    widened ``compute`` copies only while it runs, one module at a time (the narrow tensors are put back after;
-    nothing is narrowed again, so it costs one widening per call).
+def hold_narrow(root: nn.Module) -> list[str]:
+    """Replace every ``nn.Linear`` / ``nn.Conv1d`` under ``root`` (built on the meta device, before loading) by
+    :class:`NarrowLinear` / :class:`NarrowConv1d`; returns their names. Load their weights in the file's dtype.
 
     Used for the FastConformer layers in exact mode: the checkpoint is bf16 and NeMo computes fp32 from bf16
-    values, so the fp32 weights a layer sees are identical whichever way they are held, and the results are
+    values, so the fp32 weights a layer sees are identical whichever way they are held, and results are
     bit-identical; the encoder then holds 2 bytes a weight instead of 4 (1.6 GB less for Canary-Qwen-2.5B) and
-    widens one layer (~25 M weights) at a time. Inference only: the widened weights are temporaries.
+    widens one weight matrix at a time. Inference only: the widened weights are temporaries.
     """
-    for module in modules:
-        module._nemo_lite_compute = compute
-        module._nemo_lite_narrow = []
-        module.register_forward_pre_hook(_widen)
-        module.register_forward_hook(_restore)
+    swapped = []
+    for name, mod in list(root.named_modules()):
+        kind = {nn.Linear: NarrowLinear, nn.Conv1d: NarrowConv1d}.get(type(mod))
+        if kind is None:
+            continue
+        if kind is NarrowLinear:
+            new = NarrowLinear(mod.in_features, mod.out_features, bias=mod.bias is not None, device="meta")
+        else:
+            new = NarrowConv1d(mod.in_channels, mod.out_channels, mod.kernel_size, stride=mod.stride,
+                               padding=mod.padding, dilation=mod.dilation, groups=mod.groups,
+                               bias=mod.bias is not None, padding_mode=mod.padding_mode, device="meta")
+        parent, _, leaf = name.rpartition(".")
+        setattr(root.get_submodule(parent) if parent else root, leaf, new)
+        swapped.append(name)
+    return swapped
+
+
+def cast_floats(root: nn.Module, dtype: torch.dtype, skip: tuple[type, ...] = (NarrowLinear, NarrowConv1d)) -> None:
+    """Cast the floating-point parameters and buffers under ``root`` to ``dtype``, except those of ``skip``
+    modules (held narrow on purpose, or about to be quantized)."""
+    for mod in root.modules():
+        if isinstance(mod, skip):
+            continue
+        for name, p in list(mod.named_parameters(recurse=False)):
+            if p.is_floating_point() and p.dtype != dtype:
+                setattr(mod, name, nn.Parameter(p.detach().to(dtype), requires_grad=p.requires_grad))
+        for name, b in list(mod.named_buffers(recurse=False)):
+            if b is not None and b.is_floating_point() and b.dtype != dtype:
+                setattr(mod, name, b.to(dtype))

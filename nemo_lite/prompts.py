@@ -21,6 +21,7 @@ TEMPLATES = {
 }
 INFERENCE_PREFIX = f"{BOT}assistant\n"
 ASR_INSTRUCTION = "Transcribe the following: {audio}"  # Canary-Qwen's ASR prompt; {audio} = the audio tag
+ADAPTER_INSTRUCTION = "Transcribe this audio."  # the Qwen2-VL audio adapter's, after its audio span
 
 Turn = dict[str, str]
 

@@ -18,16 +18,30 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
 
 from .audio import MIN_SAMPLES, SAMPLE_RATE, AudioError, AudioInput, FileAudio, load_audio, pad_to_minimum
 from .longform import ChunkOptions, LongAudio, scan, split_windows
 from .memory import release_freed_memory
+from .runtime import default_batch_size, encoder_batch_samples, encoder_groups
 
 if TYPE_CHECKING:
-    from .model import CanaryQwen
+    import torch
+
+
+class SpeechModel(Protocol):
+    """What transcription needs of a model: the part of :class:`nemo_lite.speechlm.SpeechLM` it calls."""
+
+    device: torch.device
+
+    def embed_audio(self, audios: Sequence[np.ndarray]) -> list[torch.Tensor]: ...
+
+    def generate_from_embeddings(self, audio_embeds: list[torch.Tensor], max_new_tokens: int = 128
+                                 ) -> list[list[int]]: ...
+
+    def decode(self, ids: list[int]) -> str: ...
 
 TOKENS_PER_SECOND = 8  # budget rate; speech runs at ~3-4 tokens/s
 TOKEN_MARGIN = 32  # extra tokens on top of the rate
@@ -122,11 +136,11 @@ def batch_failure(items: Sequence[AudioInput], failures: list[tuple[int, str]]) 
 
 
 def decode_windows(
-    model: CanaryQwen, loaded: list[Loaded | None], windows: list[_Window], opts: TranscribeOptions,
+    model: SpeechModel, loaded: list[Loaded | None], windows: list[_Window], opts: TranscribeOptions,
     progress: Progress | None = None,
 ) -> list[str]:
     """Text per window, ``batch_size`` windows per ``generate`` call, texts in window order (``None``:
-    :func:`~nemo_lite.model.default_batch_size` of the model's device).
+    :func:`~nemo_lite.runtime.default_batch_size` of the model's device).
 
     Batch order: windows of long files in file order (each file is decoded once more, front to back), then the
     other windows longest first (similar lengths share a batch: little padding).
@@ -134,8 +148,6 @@ def decode_windows(
     streamed = [k for k, w in enumerate(windows) if isinstance(loaded[w.item], LongAudio)]
     in_memory = sorted((k for k, w in enumerate(windows) if not isinstance(loaded[w.item], LongAudio)),
                        key=lambda k: -(windows[k].end - windows[k].start))
-    from .model import default_batch_size
-
     order = streamed + in_memory
     texts = [""] * len(windows)
     batch_size = opts.batch_size or default_batch_size(model.device)
@@ -153,11 +165,9 @@ def decode_windows(
     return texts
 
 
-def _embed_windows(model: CanaryQwen, loaded: list[Loaded | None], windows: list[_Window]) -> list:
+def _embed_windows(model: SpeechModel, loaded: list[Loaded | None], windows: list[_Window]) -> list:
     """Audio embeddings of ``windows``, one encoder group at a time: only that group's samples are ever held
     (a decoding batch of eight 40 s windows would otherwise hold 20 MB of samples through the whole batch)."""
-    from .model import encoder_batch_samples, encoder_groups
-
     sizes = [max(w.end - w.start, MIN_SAMPLES) for w in windows]
     out = []
     for start, end in encoder_groups(sizes, encoder_batch_samples(model.device)):
@@ -185,7 +195,7 @@ def _windows(x: Loaded, chunk: ChunkOptions) -> list[tuple[int, int]]:
 
 
 def transcribe_arrays(
-    model: CanaryQwen, loaded: list[Loaded | None], opts: TranscribeOptions, progress: Progress | None = None
+    model: SpeechModel, loaded: list[Loaded | None], opts: TranscribeOptions, progress: Progress | None = None
 ) -> list[Transcript | None]:
     """Checked inputs from :func:`load_all` (None: skipped) -> one :class:`Transcript` each."""
     windows = [_Window(i, a, b) for i, x in enumerate(loaded) if x is not None for a, b in _windows(x, opts.chunk)]
@@ -210,10 +220,10 @@ def _length(x: Loaded) -> int:
 
 
 def transcribe(
-    model: CanaryQwen, audio: AudioInput | list[AudioInput], opts: TranscribeOptions = TranscribeOptions(),
+    model: SpeechModel, audio: AudioInput | list[AudioInput], opts: TranscribeOptions = TranscribeOptions(),
     timestamps: bool = False, progress: Progress | None = None,
 ) -> str | Transcript | None | list[str | None] | list[Transcript | None]:
-    """See :meth:`nemo_lite.model.CanaryQwen.transcribe` for the contract."""
+    """See :meth:`nemo_lite.speechlm.SpeechLM.transcribe` for the contract."""
     single = not isinstance(audio, (list, tuple))
     items = [audio] if single else list(audio)
     loaded, failures = load_all(items, opts.sample_rate, opts.chunk)

@@ -15,7 +15,6 @@ cast straight to the target dtype and assigned into the meta-device model, so th
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -104,29 +103,68 @@ def merged_key(key: str) -> str | None:
     return map_key(key, MERGED_KEY_MAP, MERGED_SKIP)
 
 
-def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
-    """A local directory in the hub layout, or a hub repo id downloaded (and cached) with huggingface_hub."""
+HUB_HELP = ("without hub access, point --model at a local checkpoint directory (config.json + model.safetensors, "
+            "e.g. a copy of nvidia/canary-qwen-2.5b) and --llm-path at a local directory with the config and "
+            "tokenizer files of the LLM it names (Qwen/Qwen3-1.7B); in Python: from_pretrained(DIR, llm_path=LLM_DIR)")
+
+
+def resolve(name_or_path: str | os.PathLike, base: Path | None = None,
+            patterns: tuple[str, ...] = ("*.json", "*.safetensors", "*.txt", "*.model")) -> Path:
+    """The one resolver: a local directory (relative to ``base`` when given), or a hub repo id (owner/name)
+    downloaded and cached by huggingface_hub (only files matching ``patterns``).
+
+    Hub failures (offline, unknown repo, auth) raise :class:`CheckpointError` at once, with no retry loop:
+    ``snapshot_download`` answers from its cache or fails fast, unlike transformers' per-file retries (30 s).
+    """
     path = Path(name_or_path).expanduser()
+    if not path.is_absolute() and base is not None and (base / path).is_dir():
+        return base / path
     if path.is_dir():
-        for name in (CONFIG_FILE, WEIGHTS_FILE):
-            if not (path / name).is_file():
-                raise CheckpointError(f"{path} has no {name}: a checkpoint directory needs {CONFIG_FILE} and "
-                                      f"{WEIGHTS_FILE} (the layout of the hub repo nvidia/canary-qwen-2.5b)")
         return path
     if path.exists() or str(name_or_path).count("/") != 1:
-        raise CheckpointError(f"{name_or_path!r} is neither a checkpoint directory nor a hub repo id (owner/name)")
+        raise CheckpointError(f"{str(name_or_path)!r} is neither a directory nor a hub repo id (owner/name)")
     try:
         from huggingface_hub import snapshot_download
 
-        patterns = [CONFIG_FILE, WEIGHTS_FILE, *TOKENIZER_FILES, f"{LLM_BACKBONE_DIR}/*"]
-        return Path(snapshot_download(str(name_or_path), allow_patterns=patterns))
+        return Path(snapshot_download(str(name_or_path), allow_patterns=list(patterns)))
     except Exception as err:  # offline, unknown repo, auth: all end the same way for the user
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CheckpointError(f"could not fetch {str(name_or_path)!r} from the Hugging Face hub ({reason}); "
+                              f"{HUB_HELP}") from err
+
+
+def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
+    """A Canary-Qwen checkpoint directory in the hub layout (``config.json`` + ``model.safetensors``), local or
+    downloaded by :func:`resolve`."""
+    path = resolve(name_or_path, patterns=(CONFIG_FILE, WEIGHTS_FILE, *TOKENIZER_FILES, f"{LLM_BACKBONE_DIR}/*"))
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        if not (path / name).is_file():
+            raise CheckpointError(f"{path} has no {name}: a checkpoint directory needs {CONFIG_FILE} and "
+                                  f"{WEIGHTS_FILE} (the layout of the hub repo nvidia/canary-qwen-2.5b)")
+    return path
+
+
+def load_llm_config_and_tokenizer(pretrained_llm: str, tokenizer_path: str, llm_path: str | os.PathLike | None,
+                                  audio_tag: str):
+    """The LLM config and tokenizer a Canary checkpoint names (``pretrained_llm``), or those in ``llm_path``;
+    the audio tag appended as a special token (NeMo does the same: id 151669 for Qwen3; the embedding keeps its
+    rows)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    src = str(llm_path) if llm_path else pretrained_llm
+    tok_src = str(llm_path) if llm_path else tokenizer_path
+    patterns = ("*.json", "*.txt", "*.model", "*.tiktoken")  # config + tokenizer files, never the LLM's weights
+    try:
+        llm_config = AutoConfig.from_pretrained(resolve(src, patterns=patterns))
+        tokenizer = AutoTokenizer.from_pretrained(resolve(tok_src, patterns=patterns), use_fast=True)
+    except (OSError, ValueError, CheckpointError) as err:
+        reason = str(err).split("; without hub access")[0].splitlines()[0]
         raise CheckpointError(
-            f"could not fetch {name_or_path!r} from the Hugging Face hub ({type(err).__name__}: {err}).\n"
-            f"If the hub is unreachable, point at a local copy instead: a directory holding {CONFIG_FILE} and "
-            f"{WEIGHTS_FILE}, e.g. CanaryQwen.from_pretrained('/path/to/canary-qwen-2.5b') or "
-            f"`nemo-lite transcribe --model /path/to/canary-qwen-2.5b FILE`."
-        ) from err
+            f"cannot load the LLM config/tokenizer {src!r} named by the checkpoint's pretrained_llm ({reason}); "
+            f"without hub access pass --llm-path DIR (llm_path= in Python): a directory with that LLM's "
+            f"config.json and tokenizer files (e.g. a local copy of Qwen/Qwen3-1.7B)") from err
+    tokenizer.add_special_tokens({"additional_special_tokens": [audio_tag]})
+    return llm_config, tokenizer
 
 
 def read_config(ckpt_dir: Path) -> dict:
@@ -152,88 +190,39 @@ SAFETENSORS_DTYPES = {
     "BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64,
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
 }
-HEADER_LEN_BYTES = 8  # little-endian u64 size of the JSON header that opens a safetensors file
+# Bytes read through one opening of a file's memory map before it is closed again. Mapped pages that were read
+# count in the process's resident memory until the map is closed, so reading a 5 GB file through one map while
+# building a 10 GB fp32 model would peak at 15 GB; re-opening every 256 MB bounds that overhead to 256 MB.
+MAP_WINDOW_BYTES = 256 << 20
 
 
-def read_header(path: Path) -> tuple[dict[str, dict], int]:
-    """Parse and validate a safetensors header: {key: {dtype, shape, data_offsets}}, offset of the data block.
+def open_safetensors(path: Path):
+    """``safe_open`` on ``path``; a truncated or corrupt file raises :class:`CheckpointError` naming it."""
+    from safetensors import SafetensorError
 
-    Every tensor's byte range must match its dtype and shape and lie inside the file, so a truncated or
-    corrupt file fails here, naming the first tensor that is cut off.
+    try:
+        return safe_open(str(path), framework="pt", device="cpu")
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{path} is not a readable safetensors file (truncated or corrupt?): {err}") from err
+
+
+def file_dtypes(path: Path, llm_prefix: str) -> dict[str, torch.dtype]:
+    """Our key -> stored dtype for every tensor of a hub-layout ``model.safetensors``."""
+    with open_safetensors(path) as f:
+        return {to_ours(k, llm_prefix): SAFETENSORS_DTYPES[f.get_slice(k).get_dtype()] for k in f.keys()}
+
+
+def read_state_dict(path: Path, model: torch.nn.Module, llm_prefix: str, dtype: torch.dtype, device: torch.device,
+                    keep_fp32: tuple[str, ...] = (), keep_file_dtype: frozenset[str] = frozenset(),
+                    ) -> dict[str, torch.Tensor]:
+    """A hub-layout (NeMo) checkpoint file -> ``model``'s full state dict (tied head included), checked strictly.
+
+    Keys map by :func:`to_ours`; see :func:`read_strict` for the checks, dtypes and memory.
     """
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        raw = f.read(HEADER_LEN_BYTES)
-        n = int.from_bytes(raw, "little") if len(raw) == HEADER_LEN_BYTES else -1
-        if n <= 0 or HEADER_LEN_BYTES + n > size:
-            raise CheckpointError(f"{path} is not a safetensors file or is truncated (header of {n} bytes, "
-                                  f"file of {size} bytes)")
-        try:
-            header = json.loads(f.read(n))
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise CheckpointError(f"{path}: corrupt safetensors header ({err})") from err
-    header.pop("__metadata__", None)
-    start = HEADER_LEN_BYTES + n
-    for key, info in header.items():
-        dtype = SAFETENSORS_DTYPES.get(info.get("dtype"))
-        if dtype is None:
-            raise CheckpointError(f"{path}: tensor {key!r} has unsupported dtype {info.get('dtype')!r}")
-        begin, end = info["data_offsets"]
-        nbytes = math.prod(info["shape"]) * dtype.itemsize
-        if end - begin != nbytes:
-            raise CheckpointError(f"{path}: tensor {key!r} spans {end - begin} bytes, its shape needs {nbytes}")
-        if start + end > size:
-            raise CheckpointError(f"{path} is truncated: tensor {key!r} ends at byte {start + end}, "
-                                  f"the file has {size}")
-    return header, start
-
-
-def read_state_dict(
-    path: Path, expected: dict[str, torch.Size], llm_prefix: str, dtype: torch.dtype, device: torch.device,
-    keep_fp32: tuple[str, ...] = (),
-    keep_file_dtype: frozenset[str] = frozenset(),
-) -> dict[str, torch.Tensor]:
-    """Read every tensor of ``path``, mapped to our keys and cast to ``dtype`` on ``device``; check them all.
-
-    ``expected`` maps our keys to shapes. Integer tensors keep their dtype; keys starting with one of
-    ``keep_fp32`` stay fp32 (the mel window and filterbank); keys in ``keep_file_dtype`` keep the file's dtype
-    (weights about to be quantized: no fp32 copy of them is ever made). Tensors are read with plain file reads, one at a
-    time, rather than through a memory map: mapped pages count in the process's resident memory, so mapping a
-    5 GB file while building a 10 GB fp32 model would push the peak to 15 GB.
-    """
-    header, start = read_header(path)
-    unexpected = [k for k in header if to_ours(k, llm_prefix) not in expected]
-    if unexpected:
-        raise CheckpointError(f"{path}: {len(unexpected)} tensor(s) the model does not have, e.g. {unexpected[:5]}")
-    wrong = [(k, v["shape"], tuple(expected[to_ours(k, llm_prefix)])) for k, v in header.items()
-             if tuple(v["shape"]) != tuple(expected[to_ours(k, llm_prefix)])]
-    if wrong:
-        key, got, want = wrong[0]
-        raise CheckpointError(f"{path}: tensor {key!r} has shape {tuple(got)}, the model expects {want}")
-    missing = sorted(set(expected) - {to_ours(k, llm_prefix) for k in header})
-    if missing:
-        names = [to_nemo(k, llm_prefix) for k in missing[:5]]
-        raise CheckpointError(f"{path}: {len(missing)} tensor(s) missing, e.g. {names}")
-    out: dict[str, torch.Tensor] = {}
-    with open(path, "rb") as f:
-        for key, info in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
-            begin, end = info["data_offsets"]
-            f.seek(start + begin)
-            buf = bytearray(end - begin)
-            if f.readinto(buf) != len(buf):
-                raise CheckpointError(f"{path}: tensor {key!r} cannot be read in full (file changed?)")
-            t = torch.frombuffer(buf, dtype=SAFETENSORS_DTYPES[info["dtype"]]) if buf else \
-                torch.empty(0, dtype=SAFETENSORS_DTYPES[info["dtype"]])
-            t = t.reshape(info["shape"])
-            ours = to_ours(key, llm_prefix)
-            if t.is_floating_point():
-                target = t.dtype if ours in keep_file_dtype else \
-                    torch.float32 if ours.startswith(keep_fp32) else dtype
-                t = t.to(device=device, dtype=target)
-            else:
-                t = t.to(device=device)
-            out[ours] = t
-    return out
+    expected, tie = expected_shapes(model)
+    state = read_strict([path], expected, lambda k: to_ours(k, llm_prefix), dtype, device, keep_fp32, keep_file_dtype,
+                        describe=lambda k: to_nemo(k, llm_prefix))
+    return tie_head(state, tie)
 
 
 def check_no_meta(model: torch.nn.Module) -> None:
@@ -245,24 +234,6 @@ def check_no_meta(model: torch.nn.Module) -> None:
 
 # ---------------------------------------------------------------------- Hugging Face-layout checkpoints
 # (the Whisper + LLM design: Whisper, causal LM and merged checkpoints, possibly sharded)
-def resolve_dir(name_or_path: str | os.PathLike, base: Path | None = None) -> Path:
-    """A local directory (relative to ``base`` when given), or a hub repo downloaded with huggingface_hub."""
-    path = Path(name_or_path).expanduser()
-    if not path.is_absolute() and base is not None and (base / path).is_dir():
-        return base / path
-    if path.is_dir():
-        return path
-    if str(name_or_path).count("/") != 1 or path.exists():
-        raise CheckpointError(f"{name_or_path!r} is neither a directory nor a hub repo id (owner/name)")
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(str(name_or_path), allow_patterns=["*.json", "*.safetensors", "*.txt"]))
-    except Exception as err:
-        raise CheckpointError(f"could not fetch {name_or_path!r} from the hub ({type(err).__name__}: {err}); "
-                              "point at a local copy of the checkpoint instead") from err
-
-
 def safetensors_files(ckpt: Path) -> list[Path]:
     """``model.safetensors``, or the shards named by ``model.safetensors.index.json``."""
     index = ckpt / "model.safetensors.index.json"
@@ -275,42 +246,79 @@ def safetensors_files(ckpt: Path) -> list[Path]:
 
 
 def read_strict(files: list[Path], expected: dict[str, torch.Size], key_map: Callable[[str], str | None],
-                dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
-    """Every tensor of ``files`` mapped to our keys, cast to ``dtype`` on ``device``; unknown, missing or
-    mis-shaped tensors raise :class:`CheckpointError`."""
+                dtype: torch.dtype, device: torch.device, keep_fp32: tuple[str, ...] = (),
+                keep_file_dtype: frozenset[str] = frozenset(), describe: Callable[[str], str] = str,
+                ) -> dict[str, torch.Tensor]:
+    """Every tensor of ``files`` mapped to our keys (``key_map``; None = skipped on purpose) and cast to ``dtype``
+    on ``device``; unknown, missing or mis-shaped tensors and damaged files raise :class:`CheckpointError`.
+
+    Integer tensors keep their dtype; keys starting with one of ``keep_fp32`` become fp32 (the mel window and
+    filterbank); keys in ``keep_file_dtype`` keep the file's dtype (weights about to be quantized or held narrow:
+    no wide copy of them is ever made). Tensors are read one at a time through safetensors' own reader, the file's
+    map re-opened every :data:`MAP_WINDOW_BYTES` so that the pages read do not pile up in resident memory.
+    ``describe``: our key -> the name shown for a missing tensor (the checkpoint's own name).
+    """
     out: dict[str, torch.Tensor] = {}
     unexpected: list[str] = []
     for file in files:
-        with safe_open(str(file), framework="pt", device="cpu") as f:
-            for key in f.keys():
+        with open_safetensors(file) as f:
+            keys = list(f.keys())
+            for key in keys:
                 ours = key_map(key)
-                if ours is None:
-                    continue
-                if ours not in expected:
+                if ours is not None and ours not in expected:
                     unexpected.append(key)
-                    continue
-                t = f.get_tensor(key)
-                if t.shape != expected[ours]:
-                    raise CheckpointError(f"{file}: {key!r} has shape {tuple(t.shape)}, the model expects "
-                                          f"{tuple(expected[ours])}")
-                out[ours] = t.to(device=device, dtype=dtype) if t.is_floating_point() else t.to(device)
-    if unexpected:
-        raise CheckpointError(f"{files[0].parent}: {len(unexpected)} tensor(s) the model does not have, e.g. "
-                              f"{unexpected[:5]}")
+                elif ours is not None and tuple(f.get_slice(key).get_shape()) != tuple(expected[ours]):
+                    raise CheckpointError(f"{file}: tensor {key!r} has shape {tuple(f.get_slice(key).get_shape())}, "
+                                          f"the model expects {tuple(expected[ours])}")
+        if unexpected:
+            raise CheckpointError(f"{file}: {len(unexpected)} tensor(s) the model does not have, e.g. "
+                                  f"{unexpected[:5]}")
+        wanted = [k for k in keys if key_map(k) is not None]
+        start = 0
+        while start < len(wanted):
+            read = 0
+            with open_safetensors(file) as f:
+                while start < len(wanted) and read < MAP_WINDOW_BYTES:
+                    key, ours = wanted[start], key_map(wanted[start])
+                    t = f.get_tensor(key)
+                    read += t.numel() * t.element_size()
+                    out[ours] = _place(t, ours, dtype, device, keep_fp32, keep_file_dtype)
+                    start += 1
     missing = sorted(set(expected) - set(out))
     if missing:
-        raise CheckpointError(f"{files[0].parent}: {len(missing)} tensor(s) missing, e.g. {missing[:5]}")
+        names = [describe(k) for k in missing[:5]]
+        raise CheckpointError(f"{files[0].parent}: {len(missing)} tensor(s) missing, e.g. {names}")
     return out
 
 
-def expected_shapes(module: torch.nn.Module, prefix: str = "") -> tuple[dict[str, torch.Size], str | None]:
-    """Our keys and shapes for ``module``, less a tied ``lm_head`` (returned separately; checkpoints omit it)."""
-    from transformers import PreTrainedModel
+def _place(t: torch.Tensor, ours: str, dtype: torch.dtype, device: torch.device, keep_fp32: tuple[str, ...],
+           keep_file_dtype: frozenset[str]) -> torch.Tensor:
+    if not t.is_floating_point():
+        return t.to(device=device)
+    target = t.dtype if ours in keep_file_dtype else torch.float32 if ours.startswith(keep_fp32) else dtype
+    return t.to(device=device, dtype=target)
 
+
+def expected_shapes(module: torch.nn.Module, prefix: str = "") -> tuple[dict[str, torch.Size], tuple[str, str] | None]:
+    """Our keys and shapes for ``module``, less a tied output head (checkpoints omit it). The one place that
+    knows about tied heads: returns ``(head_key, embedding_key)`` for :func:`tie_head`, or None."""
     shapes = {prefix + k: t.shape for k, t in module.state_dict(keep_vars=True).items()}
-    lm = next((m for m in module.modules() if isinstance(m, PreTrainedModel) and hasattr(m, "lm_head")), None)
-    head = next((k for k in shapes if k.endswith("lm_head.weight")), None)
-    if lm is not None and head is not None and getattr(lm.config, "tie_word_embeddings", False):
-        shapes.pop(head)
-        return shapes, head
+    for sub in module.modules():
+        config = getattr(sub, "config", None)
+        if not (getattr(config, "tie_word_embeddings", False) and hasattr(sub, "get_output_embeddings")):
+            continue
+        head, embed = sub.get_output_embeddings(), sub.get_input_embeddings()
+        if head is None or embed is None:
+            continue
+        names = {id(m): n for n, m in module.named_modules()}
+        head_key, embed_key = f"{prefix}{names[id(head)]}.weight", f"{prefix}{names[id(embed)]}.weight"
+        shapes.pop(head_key, None)
+        return shapes, (head_key, embed_key)
     return shapes, None
+
+
+def tie_head(state: dict[str, torch.Tensor], tie: tuple[str, str] | None) -> dict[str, torch.Tensor]:
+    """Point the tied output head at the embedding tensor (one tensor, two names)."""
+    if tie is not None:
+        state[tie[0]] = state[tie[1]]
+    return state

@@ -38,10 +38,11 @@ import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig, PeftModel
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
@@ -55,19 +56,22 @@ from transformers import (
 )
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from . import decoding, weights
-from .audio import SAMPLE_RATE, AudioInput, load_audio
-from .injection import build_inputs_embeds
-from .llm import base_causal_lm, build_llm, finish_after_load, input_embeddings
-from .prompts import text_to_ids
-from .weights import CheckpointError, check_no_meta, read_strict, resolve_dir, safetensors_files
+from . import weights
+from .audio import SAMPLE_RATE
+from .llm import base_causal_lm, build_llm, finish_after_load
+from .memory import cast_floats
+from .options import LoadOptions, load_options
+from .prompts import ADAPTER_INSTRUCTION, Turn
+from .runtime import check_device
+from .speechlm import SpeechLM
+from .weights import CheckpointError, check_no_meta, read_strict, resolve, safetensors_files, tie_head
 
 HOP = 160  # Whisper mel hop: 10 ms at 16 kHz
 CONV_STRIDE = 2  # Whisper's conv2 stride: two mel frames per encoder frame
 WINDOW_SECONDS = 30  # Whisper's input: 30 s = 3000 mel frames = 1500 encoder frames (max_source_positions)
 HEAD_DIM = 64  # every Whisper size has 64-wide heads (tiny 384/6 ... large 1280/20): heads = d_model // 64
 AUDIO_BOS, AUDIO_PAD, AUDIO_EOS = "<|audio_bos|>", "<|audio_pad|>", "<|audio_eos|>"
-INSTRUCTION = "Transcribe this audio."  # the original project's ASR instruction
+INSTRUCTION = ADAPTER_INSTRUCTION  # the original project's ASR instruction
 LLM_LORA_TARGETS = r"model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"  # peft fullmatch
 
 CONFIG_FILE = "whisper_llm.json"
@@ -104,7 +108,7 @@ class WhisperLLMConfig:
 def load_whisper_encoder(source: str | os.PathLike, dtype: torch.dtype, device: torch.device,
                          base: Path | None = None) -> WhisperEncoder:
     """The encoder of a Whisper checkpoint (full model or encoder only), loaded strictly."""
-    ckpt = resolve_dir(source, base)
+    ckpt = resolve(source, base)
     config = WhisperConfig.from_pretrained(ckpt)
     with torch.device("meta"):
         encoder = WhisperEncoder(config)
@@ -118,37 +122,35 @@ def load_whisper_encoder(source: str | os.PathLike, dtype: torch.dtype, device: 
 def load_causal_lm(source: str | os.PathLike, dtype: torch.dtype, device: torch.device,
                    base: Path | None = None) -> tuple[PreTrainedModel, object]:
     """An HF causal LM (config.json + safetensors + tokenizer files) built on meta and loaded strictly."""
-    ckpt = resolve_dir(source, base)
+    ckpt = resolve(source, base)
     lm = build_llm(AutoConfig.from_pretrained(ckpt), None)
-    expected, head = weights.expected_shapes(lm)
-    state = read_strict(safetensors_files(ckpt), expected, lambda k: k, dtype, device)
-    if head is not None:
-        state[head] = state["model.embed_tokens.weight"]
-    lm.load_state_dict(state, strict=True, assign=True)
+    expected, tie = weights.expected_shapes(lm)
+    lm.load_state_dict(tie_head(read_strict(safetensors_files(ckpt), expected, lambda k: k, dtype, device), tie),
+                       strict=True, assign=True)
     finish_after_load(lm, device)
     check_no_meta(lm)
     return lm.eval(), AutoTokenizer.from_pretrained(ckpt)
 
 
 # ---------------------------------------------------------------------- the model
-class WhisperLLM(nn.Module):
+class WhisperLLM(SpeechLM):
     """Speech LLM: frozen Whisper encoder -> linear projector -> causal LM (+ optional LoRA)."""
 
-    def __init__(self, encoder: WhisperEncoder, llm, tokenizer, instruction: str = INSTRUCTION) -> None:
-        super().__init__()
+    encoder_name = "encoder"
+    projector_name = "projector"
+    new_lora_targets = LLM_LORA_TARGETS  # stage 2 of training adds LoRA here (the original project's choice)
+
+    def __init__(self, encoder: WhisperEncoder, llm, tokenizer, instruction: str = INSTRUCTION,
+                 options: LoadOptions | None = None) -> None:
+        missing = [t for t in (AUDIO_BOS, AUDIO_PAD, AUDIO_EOS) if t not in tokenizer.get_vocab()]
+        if missing:
+            tokenizer.add_special_tokens({"additional_special_tokens": missing})
+        super().__init__(llm, tokenizer, AUDIO_PAD, options)
         self.encoder = encoder
         lm = base_causal_lm(llm)
         with torch.device("meta"):
             self.projector = nn.Linear(encoder.config.d_model, lm.config.hidden_size, bias=False)
-        self.llm = llm
-        self.tokenizer = tokenizer
         self.instruction = instruction
-        missing = [t for t in (AUDIO_BOS, AUDIO_PAD, AUDIO_EOS) if t not in tokenizer.get_vocab()]
-        if missing:
-            tokenizer.add_special_tokens({"additional_special_tokens": missing})
-        self.audio_pad_id = tokenizer.convert_tokens_to_ids(AUDIO_PAD)
-        self.eos_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
         cfg = encoder.config
         self.features = WhisperFeatureExtractor(
             feature_size=cfg.num_mel_bins, sampling_rate=SAMPLE_RATE, hop_length=HOP,
@@ -157,36 +159,46 @@ class WhisperLLM(nn.Module):
     # ------------------------------------------------------------------ building and loading
     @classmethod
     def from_components(cls, whisper: str | os.PathLike, llm: str | os.PathLike | PreTrainedModel,
-                        tokenizer=None, instruction: str = INSTRUCTION, device: str | torch.device = "cpu",
-                        dtype: torch.dtype = torch.float32, seed: int | None = None) -> WhisperLLM:
+                        tokenizer=None, instruction: str = INSTRUCTION, device: str | torch.device | None = None,
+                        dtype: torch.dtype | str | None = None, seed: int | None = None) -> WhisperLLM:
         """A new model: a Whisper checkpoint + an LLM (path/hub id, or a loaded HF model with its ``tokenizer``),
         with a fresh projector drawn from N(0, initializer_range) of the LLM (``seed``: for that draw)."""
-        device = torch.device(device)
+        opts = load_options(None, device=device, dtype=dtype)
+        device, dtype = check_device(opts.torch_device), opts.compute_dtype
         encoder = load_whisper_encoder(whisper, dtype, device)
         if isinstance(llm, (str, os.PathLike)):
             llm, tokenizer = load_causal_lm(llm, dtype, device)
         elif tokenizer is None:
             raise ValueError("a loaded LLM needs its tokenizer")
-        model = cls(encoder, llm, tokenizer, instruction)
+        model = cls(encoder, llm, tokenizer, instruction, opts)
         std = base_causal_lm(llm).config.initializer_range
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
         weight = torch.randn(model.projector.weight.shape, generator=gen) * std
         model.projector.weight = nn.Parameter(weight.to(device=device, dtype=dtype))
         model._fit_embeddings()
-        return model.eval()
+        model._apply_speed_options()
+        return model
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device = "cpu",
-                        dtype: torch.dtype = torch.float32) -> WhisperLLM:
-        """A directory saved by :meth:`save_pretrained`, or the original project's merged checkpoint."""
-        device = torch.device(device)
-        root = resolve_dir(path)
+    def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device | None = None,
+                        dtype: torch.dtype | str | None = None, *, options: LoadOptions | str | None = None,
+                        **overrides: Any) -> WhisperLLM:
+        """A directory saved by :meth:`save_pretrained`, or the original project's merged checkpoint.
+
+        ``options``/``device``/``dtype``/keywords: as :meth:`CanaryQwen.from_pretrained
+        <nemo_lite.canary_qwen.CanaryQwen.from_pretrained>` (``quantize``, ``merge_lora``, ``encoder_dtype``,
+        ``compile``; ``compact_encoder`` is Canary-Qwen's only)."""
+        opts = load_options(options, device=device, dtype=dtype, **overrides)
+        if opts.compact_encoder:
+            raise ValueError("compact_encoder applies to Canary-Qwen's FastConformer only")
+        root = resolve(path)
         if not (root / CONFIG_FILE).is_file():
-            return cls.from_merged(root, device=device, dtype=dtype)
+            return cls.from_merged(root, options=opts)
+        device, dtype = check_device(opts.torch_device), opts.compute_dtype
         cfg = WhisperLLMConfig.from_dict(json.loads((root / CONFIG_FILE).read_text()))
         encoder = load_whisper_encoder(cfg.whisper, dtype, device, base=root)
         llm, tokenizer = load_causal_lm(cfg.llm, dtype, device, base=root)
-        model = cls(encoder, llm, tokenizer, cfg.instruction)
+        model = cls(encoder, llm, tokenizer, cfg.instruction, opts)
         state = read_strict([root / PROJECTOR_FILE], {"weight": model.projector.weight.shape}, lambda k: k,
                             dtype, device)
         model.projector.load_state_dict(state, strict=True, assign=True)
@@ -194,13 +206,15 @@ class WhisperLLM(nn.Module):
         if (root / ADAPTER_DIR).is_dir():
             model.load_adapter(root / ADAPTER_DIR)
         check_no_meta(model)
-        return model.eval()
+        model._finish_load()
+        return model
 
     @classmethod
     def from_merged(cls, path: str | os.PathLike, whisper_config: WhisperConfig | None = None,
-                    device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> WhisperLLM:
+                    options: LoadOptions | str | None = None, **overrides: Any) -> WhisperLLM:
         """The original project's merged Qwen2-VL + audio checkpoint (keys: ``weights.MERGED_KEY_MAP``)."""
-        device = torch.device(device)
+        opts = load_options(options, **overrides)
+        device, dtype = check_device(opts.torch_device), opts.compute_dtype
         root = Path(path)
         files = safetensors_files(root)
         raw = json.loads((root / "config.json").read_text())
@@ -208,16 +222,20 @@ class WhisperLLM(nn.Module):
         with torch.device("meta"):
             encoder = WhisperEncoder(whisper_config)
         llm = build_llm(qwen2_text_config(raw), None)
-        model = cls(encoder, llm, AutoTokenizer.from_pretrained(root))
-        expected, head = weights.expected_shapes(model)
-        state = read_strict(files, expected, weights.merged_key, dtype, device)
-        if head is not None:
-            state[head] = state["llm.model.embed_tokens.weight"]
-        model.load_state_dict(state, strict=True, assign=True)
+        model = cls(encoder, llm, AutoTokenizer.from_pretrained(root), options=opts)
+        expected, tie = weights.expected_shapes(model)
+        model.load_state_dict(tie_head(read_strict(files, expected, weights.merged_key, dtype, device), tie),
+                              strict=True, assign=True)
         finish_after_load(model.llm, device)
         model._fit_embeddings()
         check_no_meta(model)
-        return model.eval()
+        model._finish_load()
+        return model
+
+    def _finish_load(self) -> None:
+        if self.options.encoder_dtype is not None:
+            cast_floats(self.encoder, self.options.encoder_compute_dtype, skip=())
+        self._apply_speed_options()
 
     def save_pretrained(self, path: str | os.PathLike, backbones: bool = True,
                         sources: tuple[str, str] | None = None) -> Path:
@@ -266,16 +284,6 @@ class WhisperLLM(nn.Module):
             lm.resize_token_embeddings(len(self.tokenizer))
 
     # ------------------------------------------------------------------ LoRA
-    def add_lora(self, r: int = 64, lora_alpha: float = 16, lora_dropout: float = 0.05,
-                 target_modules: str = LLM_LORA_TARGETS) -> None:
-        """Wrap the LLM's attention and MLP projections with a new LoRA adapter (B = 0: outputs unchanged)."""
-        if isinstance(self.llm, PeftModel):
-            raise ValueError("the LLM already has a LoRA adapter")
-        cfg = LoraConfig(task_type="CAUSAL_LM", r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-                         target_modules=target_modules)
-        self.llm = get_peft_model(self.llm, cfg)
-        self.llm.train(self.training)  # new LoRA dropout modules start in train mode
-
     def load_adapter(self, adapter_dir: Path) -> None:
         """A peft adapter directory (adapter_config.json + adapter_model.safetensors), loaded strictly."""
         self.add_lora(**_lora_kwargs(LoraConfig.from_pretrained(str(adapter_dir))))
@@ -285,25 +293,22 @@ class WhisperLLM(nn.Module):
         if result.unexpected_keys:
             raise CheckpointError(f"{adapter_dir}: unexpected adapter tensors {result.unexpected_keys[:5]}")
 
-    # ------------------------------------------------------------------ inference
-    @property
-    def device(self) -> torch.device:
-        return self.projector.weight.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.projector.weight.dtype
-
+    # ------------------------------------------------------------------ the design's parts
     @property
     def window_samples(self) -> int:
         """Samples in one encoder window (480000 = 30 s for every released Whisper)."""
         return self.encoder.config.max_source_positions * CONV_STRIDE * HOP
 
-    def prompt_ids(self) -> list[int]:
-        """The original prompt with ONE ``<|audio_pad|>``; the injection expands it to the encoder frames."""
-        head = text_to_ids(self.tokenizer, f"<|im_start|>user\n{AUDIO_BOS}")
-        tail = text_to_ids(self.tokenizer, f"{AUDIO_EOS}\n{self.instruction}<|im_end|>\n<|im_start|>assistant\n")
-        return head + [self.audio_pad_id] + tail
+    @property
+    def window_seconds(self) -> float:
+        return self.window_samples / SAMPLE_RATE
+
+    def encoder_samples(self, samples: int) -> int:
+        return self.window_samples  # every clip is padded to the full window
+
+    def asr_prompt(self) -> list[Turn]:
+        """The original prompt, with ONE ``<|audio_pad|>`` that the injection expands to the encoder frames."""
+        return [{"role": "user", "content": f"{AUDIO_BOS}{AUDIO_PAD}{AUDIO_EOS}\n{self.instruction}"}]
 
     def audio_features(self, audios: Sequence[np.ndarray]) -> torch.Tensor:
         """16 kHz arrays (each at most one window) -> log-mel (B, n_mels, 3000), zero-padded to 30 s."""
@@ -316,51 +321,11 @@ class WhisperLLM(nn.Module):
                               return_tensors="pt")["input_features"]  # (B, n_mels, 3000)
         return feats.to(device=self.device, dtype=self.encoder.conv1.weight.dtype)  # the encoder's own dtype
 
-    def embed_audio(self, audios: Sequence[np.ndarray]) -> list[torch.Tensor]:
-        """Arrays -> per-audio LLM-width frames [(1500, H)]; gradients reach the projector (and the encoder
-        only when its parameters require them)."""
-        feats = self.audio_features(audios)
-        train_encoder = torch.is_grad_enabled() and any(p.requires_grad for p in self.encoder.parameters())
-        with torch.set_grad_enabled(train_encoder):
-            states = self.encoder(feats).last_hidden_state  # (B, 1500, d_whisper)
+    def audio_embeddings(self, audios: Sequence[np.ndarray]) -> list[torch.Tensor]:
+        """Arrays -> per-audio LLM-width frames [(1500, H)]; gradients reach whatever requires them (the encoder is
+        frozen at load, so only the projector during training)."""
+        states = self.encoder(self.audio_features(audios)).last_hidden_state  # (B, 1500, d_whisper)
         return list(self.projector(states.to(self.dtype)))  # B x (1500, H)
-
-    @torch.inference_mode()
-    def generate(self, audios: Sequence[AudioInput], max_new_tokens: int = 128, batch_size: int = 8,
-                 sample_rate: int = SAMPLE_RATE) -> list[list[int]]:
-        """Greedy answer ids per audio (up to and including ``<|im_end|>``); each audio at most one window."""
-        arrays = [load_audio(a, sample_rate) for a in audios]
-        out: list[list[int]] = []
-        for start in range(0, len(arrays), batch_size):
-            out += self.generate_from_embeddings(self.embed_audio(arrays[start:start + batch_size]), max_new_tokens)
-        return out
-
-    @torch.inference_mode()
-    def generate_from_embeddings(self, audio_embeds: list[torch.Tensor], max_new_tokens: int = 128) -> list[list[int]]:
-        """Greedy answer ids for audio already embedded by :meth:`embed_audio` ([(1500, H)]), all in one batch: what
-        :mod:`nemo_lite.transcription` calls, as for :meth:`CanaryQwen.generate_from_embeddings`."""
-        prompt = torch.tensor(self.prompt_ids(), device=self.device)
-        embeds, mask = build_inputs_embeds([prompt] * len(audio_embeds), input_embeddings(self.llm),
-                                           self.audio_pad_id, list(audio_embeds))  # (B, L, H), (B, L)
-        opts = decoding.GreedyOptions(max_new_tokens=max_new_tokens, eos_id=self.eos_id, pad_id=self.pad_id)
-        return decoding.greedy(self.llm, embeds, mask, opts)
-
-    def decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
-
-    def transcribe(self, audio: AudioInput | list[AudioInput], batch_size: int | None = None,
-                   max_new_tokens: int | None = None, sample_rate: int = SAMPLE_RATE):
-        """Text per input (one input -> str, a list -> list[str]); audio over 30 s is cut into windows of at most
-        30 s at quiet points (:mod:`nemo_lite.longform`) whose texts are joined with spaces. ``batch_size``:
-        windows per batch (default 8 on CPU, 64 on a GPU, as for CanaryQwen)."""
-        from .longform import ChunkOptions
-        from .transcription import TranscribeOptions, transcribe
-
-        seconds = self.window_samples / SAMPLE_RATE
-        chunk = ChunkOptions(max_chunk_seconds=seconds, search_seconds=min(5.0, seconds / 2))
-        opts = TranscribeOptions(batch_size=batch_size, max_new_tokens=max_new_tokens, sample_rate=sample_rate,
-                                 chunk=chunk)
-        return transcribe(self, audio, opts)
 
 
 # ---------------------------------------------------------------------- helpers

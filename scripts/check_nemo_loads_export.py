@@ -35,7 +35,8 @@ MAX_NEW_TOKENS = 16
 
 def make_export(work: Path) -> Path:
     """Tiny checkpoint -> 2 stage-2 steps on the test clips -> hub-layout export (small lr: the ids stay varied)."""
-    from nemo_lite.train import TrainConfig, train
+    from nemo_lite.training.config import TrainConfig
+    from nemo_lite.training.loop import train
 
     llm = testing.write_llm_dir(work / "llm", testing.TINY_QWEN3)
     ckpt = testing.write_checkpoint(work / "ckpt", testing.tiny_salm_config(llm), seed=3)

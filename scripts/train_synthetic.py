@@ -6,7 +6,7 @@
    random tiny Qwen3 (``nemo_lite.testing.TINY_QWEN3``: 2 layers, width 64, the real Qwen3 tokenizer) as ordinary
    checkpoints.
 3. Stage 1 trains the projector only; stage 2 trains the projector + LoRA on the LLM's attention and MLP
-   projections, starting from stage 1's saved model. Both go through ``nemo_lite.train.train``.
+   projections, starting from stage 1's saved model. Both go through ``nemo_lite.training.loop.train``.
 4. Scores training-set WER after each stage (``nemo_lite.evaluate``) and writes the loss curves as numbers
    (``docs/training_curves.json``) and a plot (``docs/training_curves.png``; needs matplotlib, a dev tool only).
 
@@ -62,9 +62,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from nemo_lite import testing
-from nemo_lite.data import read_manifest
 from nemo_lite.evaluate import evaluate
-from nemo_lite.train import FINAL_MODEL_DIR, TrainConfig, load_train_config, train
+from nemo_lite.training.config import FINAL_MODEL_DIR, TrainConfig, load_train_config
+from nemo_lite.training.data import read_manifest
+from nemo_lite.training.loop import train
 from nemo_lite.whisper_adapter import WhisperLLM
 
 SENTENCES = [

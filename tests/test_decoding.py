@@ -79,47 +79,58 @@ def test_static_cache_same_ids(tiny_model, prefill_tokens):
     gives the dynamic cache's greedy ids, also when the prefill runs in slices. On CPU transformers runs it
     eagerly (it compiles only on a GPU), which tests the cache plumbing itself."""
     embeds, mask = _batch(tiny_model, [2.5, 0.7, 1.9])
-    opts = dict(max_new_tokens=12, eos_id=tiny_model.eos_id, pad_id=tiny_model.pad_id, prefill_tokens=prefill_tokens)
+    opts = decoding.GreedyOptions(max_new_tokens=12, eos_id=tiny_model.eos_id, pad_id=tiny_model.pad_id,
+                                  prefill_tokens=prefill_tokens)
     llm = tiny_model.llm
-    llm.__dict__.pop("_nemo_lite_static_caches", None)
+    pool = decoding.CachePool()
     with torch.inference_mode():
-        static = decoding.greedy(llm, embeds, mask, decoding.GreedyOptions(**opts, compile=True))
-        again = decoding.greedy(llm, embeds, mask, decoding.GreedyOptions(**opts, compile=True))
-        pool = llm._nemo_lite_static_caches
-        assert list(pool) == [3] and pool[3][0] == decoding.STATIC_CACHE_STEP  # rows -> (length, cache)
-        decoding.static_cache(llm, 3, 3 * decoding.STATIC_CACHE_STEP)  # longer; the next call reuses it
-        longer = decoding.greedy(llm, embeds, mask, decoding.GreedyOptions(**opts, compile=True))
-        dynamic = decoding.greedy(llm, embeds, mask, decoding.GreedyOptions(**opts))
+        static = decoding.greedy(llm, embeds, mask, opts, pool)
+        again = decoding.greedy(llm, embeds, mask, opts, pool)
+        assert list(pool.caches) == [3] and pool.caches[3][0] == decoding.STATIC_CACHE_STEP  # rows -> (length, cache)
+        pool.get(llm, 3, 3 * decoding.STATIC_CACHE_STEP)  # longer; the next call reuses it
+        longer = decoding.greedy(llm, embeds, mask, opts, pool)
+        dynamic = decoding.greedy(llm, embeds, mask, opts)
     assert static == dynamic and all(len(row) > 0 for row in static)
     assert again == static  # the second call reuses the first one's cache, reset
-    assert longer == static and pool[3][0] == 3 * decoding.STATIC_CACHE_STEP  # positions past the input unused
+    assert longer == static and pool.caches[3][0] == 3 * decoding.STATIC_CACHE_STEP  # positions past the input unused
+    pool.clear()
+    assert pool.caches == {}
 
 
 def test_static_cache_one_per_row_count(tiny_model):
     """One cache per row count: a shorter input reuses a longer cache, a longer input replaces it."""
     llm = tiny_model.llm
-    llm.__dict__.pop("_nemo_lite_static_caches", None)
     step = decoding.STATIC_CACHE_STEP
-    pool = llm.__dict__.setdefault("_nemo_lite_static_caches", {})
-    first = decoding.static_cache(llm, 2, step + 1)
-    assert pool[2] == (2 * step, first)  # rounded up to two steps
-    assert decoding.static_cache(llm, 2, 10) is first  # shorter: the same cache (same shape, no recompile)
-    longer = decoding.static_cache(llm, 2, 3 * step)
-    assert longer is not first and pool[2] == (3 * step, longer)
-    other = decoding.static_cache(llm, 5, 10)
-    assert pool[5] == (step, other) and sorted(pool) == [2, 5]
+    pool = decoding.CachePool()
+    first = pool.get(llm, 2, step + 1)
+    assert pool.caches[2] == (2 * step, first)  # rounded up to two steps
+    assert pool.get(llm, 2, 10) is first  # shorter: the same cache (same shape, no recompile)
+    longer = pool.get(llm, 2, 3 * step)
+    assert longer is not first and pool.caches[2] == (3 * step, longer)
+    other = pool.get(llm, 5, 10)
+    assert pool.caches[5] == (step, other) and sorted(pool.caches) == [2, 5]
+
+
+def test_no_state_left_on_the_llm(tiny_model):
+    """Regression: compiled decoding kept its caches in ``llm.__dict__`` (up to 7.5 GB of GPU memory that nothing
+    could free). The pool is the model's own object now; decoding leaves no attribute on the LLM."""
+    before = set(vars(tiny_model.llm))
+    tiny_model.generate(prompts=[[{"role": "user", "content": "hi"}]], max_new_tokens=2)
+    assert set(vars(tiny_model.llm)) == before
+    assert tiny_model.caches is None  # eager mode holds no static cache
+    tiny_model.release_caches()  # a no-op, never an error
 
 
 @pytest.mark.parametrize(("device", "cpu"), [("cpu", True), ("cuda", False), ("mps", False)])
 def test_budgets_per_device(device, cpu):
     """CPU keeps the memory-bounded budgets; an accelerator takes a batch of 128 clips in one prefill forward and
     32 windows of 40 s per encoder call."""
-    from nemo_lite.model import ENCODER_BATCH_SAMPLES, encoder_batch_samples
+    from nemo_lite.runtime import ENCODER_BATCH_SAMPLES, encoder_batch_samples, prefill_budget
 
     dev = torch.device(device)
-    assert decoding.prefill_budget(dev) == (decoding.CPU_PREFILL_TOKENS if cpu else decoding.ACCELERATOR_PREFILL_TOKENS)
+    assert prefill_budget(dev) == (1024 if cpu else 1 << 16)
     assert encoder_batch_samples(dev) == ENCODER_BATCH_SAMPLES * (1 if cpu else 32)
-    assert decoding.prefill_budget(dev) >= (1024 if cpu else 128 * 500)  # 128 clips of ~40 s prompts fit at once
+    assert prefill_budget(dev) >= (1024 if cpu else 128 * 500)  # 128 clips of ~40 s prompts fit at once
 
 
 def test_compile_is_cuda_only(tiny_ckpt):
@@ -131,7 +142,7 @@ def test_compile_is_cuda_only(tiny_ckpt):
 
 def test_default_batch_size_per_device(tiny_model, monkeypatch):
     """Without batch_size, transcribe() decodes 8 windows a call on CPU; a GPU defaults to 64."""
-    from nemo_lite.model import default_batch_size
+    from nemo_lite.runtime import default_batch_size
 
     sizes: list[int] = []
     inner = tiny_model.generate_from_embeddings

@@ -117,7 +117,7 @@ def long_audio() -> np.ndarray:
 
 
 def test_long_audio_segments(tiny_model, long_audio, monkeypatch):
-    from nemo_lite.model import ENCODER_BATCH_SAMPLES
+    from nemo_lite.runtime import ENCODER_BATCH_SAMPLES
 
     embedded, decoded = [], []
     embed, decode = tiny_model.embed_audio, tiny_model.generate_from_embeddings

@@ -20,10 +20,11 @@ from safetensors import safe_open
 
 from nemo_lite import testing
 from nemo_lite import whisper_adapter as wa
-from nemo_lite.data import BucketBatchSampler, read_manifest
 from nemo_lite.llm import base_causal_lm, input_embeddings
-from nemo_lite.loss import IGNORE, SpeechLoss, answer_ids, build_batch
-from nemo_lite.train import TrainConfig, configure_trainable, load_train_config, train
+from nemo_lite.training.config import TrainConfig, load_train_config
+from nemo_lite.training.data import BucketBatchSampler, read_manifest
+from nemo_lite.training.loop import configure_trainable, train
+from nemo_lite.training.loss import IGNORE, SpeechLoss, answer_ids, build_batch
 
 DATA = Path(__file__).resolve().parent / "data"
 CLIPS = {"speech_short": "Hello world.", "speech_medium": "The quick brown fox jumps over the lazy dog.",
@@ -105,11 +106,11 @@ def wmodel(parts):
 
 
 def test_labels_only_on_answer_tokens(wmodel, clips):
-    prompt = wmodel.prompt_ids()
+    prompt = wmodel.prompt_ids(wmodel.asr_prompt()).tolist()
     answers = [answer_ids(wmodel.tokenizer, "hello world", wmodel.eos_id), [wmodel.eos_id]]
     with torch.no_grad():
         audio = wmodel.embed_audio([clips["speech_short"], clips["noise"]])
-        b = build_batch(input_embeddings(wmodel.llm), prompt, wmodel.audio_pad_id, audio, answers)
+        b = build_batch(input_embeddings(wmodel.llm), prompt, wmodel.audio_tag_id, audio, answers)
     length = len(prompt) - 1 + WHISPER["max_source_positions"] + len(answers[0])
     assert b.embeds.shape == (2, length, 64) and b.labels.shape == b.mask.shape == b.positions.shape == (2, length)
     # Row 0 is the longest: no padding; row 1 is left-padded by the answer-length difference.
@@ -128,7 +129,7 @@ def test_loss_equals_full_logit_cross_entropy(wmodel, clips):
     answers = [answer_ids(wmodel.tokenizer, "hello world", wmodel.eos_id), [wmodel.eos_id]]
     with torch.no_grad():
         ours = loss_fn(audios, answers)
-        b = build_batch(input_embeddings(wmodel.llm), loss_fn.prompt, wmodel.audio_pad_id,
+        b = build_batch(input_embeddings(wmodel.llm), loss_fn.prompt, wmodel.audio_tag_id,
                         wmodel.embed_audio(audios), answers)
         logits = wmodel.llm(inputs_embeds=b.embeds, attention_mask=b.mask.long(), position_ids=b.positions).logits
         full = F.cross_entropy(logits[:, :-1].flatten(0, 1), b.labels[:, 1:].flatten(), ignore_index=IGNORE)
@@ -139,11 +140,11 @@ def test_teacher_forcing_positions_match_generate(wmodel, clips):
     """Regression: left-padded training rows need position_ids = cumsum(mask) - 1. Teacher-forced on its own greedy
     output, each row's argmax must reproduce that output, in a batch padded by different answer lengths."""
     audios = [clips["speech_short"], clips["speech_medium"]]
-    ids = wmodel.generate(audios, max_new_tokens=6)
+    ids = wmodel.generate(audios=audios, max_new_tokens=6)
     ids[1] = ids[1][:3]  # different answer lengths -> left padding in the training batch
     with torch.no_grad():
-        b = build_batch(input_embeddings(wmodel.llm), wmodel.prompt_ids(), wmodel.audio_pad_id,
-                        wmodel.embed_audio(audios), ids)
+        prompt = wmodel.prompt_ids(wmodel.asr_prompt()).tolist()
+        b = build_batch(input_embeddings(wmodel.llm), prompt, wmodel.audio_tag_id, wmodel.embed_audio(audios), ids)
         logits = wmodel.llm(inputs_embeds=b.embeds, attention_mask=b.mask.long(), position_ids=b.positions).logits
     for row, answer in enumerate(ids):
         predicted = logits[row, -len(answer) - 1:-1].argmax(-1).tolist()
@@ -153,6 +154,7 @@ def test_teacher_forcing_positions_match_generate(wmodel, clips):
 def test_gradient_checkpointing_gives_the_same_gradients(parts, clips):
     m = wa.WhisperLLM.from_components(*parts, seed=0)
     m.add_lora(r=4, lora_alpha=8, lora_dropout=0.0)
+    m.projector.requires_grad_(True)  # models load frozen; training unfreezes what it trains
     m.train()
     loss_fn = SpeechLoss(m)
     audios = [clips["speech_short"], clips["noise"]]
@@ -291,7 +293,8 @@ def test_train_synthetic_prepare_only_writes_the_documented_recipe(manifest, tmp
 RANK_SCRIPT = """
 import json, os, sys
 import torch
-from nemo_lite.train import TrainConfig, train
+from nemo_lite.training.config import TrainConfig
+from nemo_lite.training.loop import train
 cfg = TrainConfig(**json.loads(open(sys.argv[1]).read()))
 result = train(cfg)
 with open(os.path.join(sys.argv[2], f"digest-{os.environ['RANK']}.json"), "w") as f:

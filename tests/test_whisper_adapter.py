@@ -45,11 +45,11 @@ def test_prompt_layout_matches_the_original(model, clips):
     """One <|audio_pad|> in the ids becomes the 1500 frames: the same vectors as the original's 1500 pads
     replaced one-to-one (``inputs_embeds[ids == pad] = frames``)."""
     tok = model.tokenizer
-    ids = model.prompt_ids()
+    ids = model.prompt_ids(model.asr_prompt()).tolist()
     text = tok.decode(ids)
     assert text == ("<|im_start|>user\n<|audio_bos|><|audio_pad|><|audio_eos|>\nTranscribe this audio.<|im_end|>\n"
                     "<|im_start|>assistant\n")
-    pad = model.audio_pad_id
+    pad = model.audio_tag_id
     assert ids.count(pad) == 1
     with torch.no_grad():
         frames = model.embed_audio([clips["speech_short"]])
@@ -73,19 +73,19 @@ def test_audio_tokens_fit_spare_embedding_rows(model):
 def test_output_depends_on_audio(small_parts, clips):
     m = wa.WhisperLLM.from_components(*small_parts, seed=0)
     a, b = clips["speech_short"], clips["speech_medium"]
-    ids = m.generate([a, b], max_new_tokens=6)
+    ids = m.generate(audios=[a, b], max_new_tokens=6)
     assert ids[0] != ids[1], "different audio must give different ids"
     with torch.no_grad():
         m.projector.weight.zero_()
-    zeroed = m.generate([a, b, clips["noise"]], max_new_tokens=6)
+    zeroed = m.generate(audios=[a, b, clips["noise"]], max_new_tokens=6)
     assert zeroed[0] == zeroed[1] == zeroed[2], "with a zero projector the audio cannot matter"
 
 
 def test_batched_equals_single(small_parts, clips):
     m = wa.WhisperLLM.from_components(*small_parts, seed=0)
     a, b = clips["speech_short"], clips["speech_medium"]
-    assert m.generate([a, b], max_new_tokens=5) == m.generate([a], max_new_tokens=5) + m.generate(
-        [b], max_new_tokens=5)
+    assert m.generate(audios=[a, b], max_new_tokens=5) == m.generate(audios=[a], max_new_tokens=5) + m.generate(
+        audios=[b], max_new_tokens=5)
 
 
 def test_full_whisper_checkpoint_loads_encoder_strictly(parts, tmp_path):
@@ -114,14 +114,14 @@ def test_save_load_roundtrip_with_lora(small_parts, clips, tmp_path):
             if "lora_B" in name:
                 p.normal_(0, 0.5)  # B = 0 at init would hide a lost adapter
     m.eval()
-    ids = m.generate([clips["speech_short"], clips["noise"]], max_new_tokens=6)
+    ids = m.generate(audios=[clips["speech_short"], clips["noise"]], max_new_tokens=6)
     m.save_pretrained(tmp_path / "saved")
     back = wa.WhisperLLM.from_pretrained(tmp_path / "saved")
     assert sorted(p.name for p in (tmp_path / "saved").iterdir()) == [
         "adapter", "llm", "projector.safetensors", "whisper", "whisper_llm.json"]
     for k, v in m.state_dict().items():
         assert torch.equal(v, back.state_dict()[k]), k
-    assert back.generate([clips["speech_short"], clips["noise"]], max_new_tokens=6) == ids
+    assert back.generate(audios=[clips["speech_short"], clips["noise"]], max_new_tokens=6) == ids
 
 
 def _tiny_qwen2_vl(path, seed: int = 0):
@@ -175,7 +175,7 @@ def test_original_merged_checkpoint(small_parts, tmp_path, clips):
         ref = vl(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
         got = m.llm(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
     assert torch.allclose(ref, got, atol=1e-5), (ref - got).abs().max()
-    assert len(m.generate([clips["speech_short"]], max_new_tokens=3)[0]) >= 1
+    assert len(m.generate(audios=[clips["speech_short"]], max_new_tokens=3)[0]) >= 1
 
 
 def test_long_audio_is_cut_into_30s_windows(model, clips, monkeypatch):
@@ -203,4 +203,4 @@ def test_long_audio_is_cut_into_30s_windows(model, clips, monkeypatch):
 
 def test_generate_refuses_audio_over_one_window(model):
     with pytest.raises(ValueError, match="exceeds the 30 s window"):
-        model.generate([np.zeros(31 * 16000, dtype=np.float32)], max_new_tokens=1)
+        model.generate(audios=[np.zeros(31 * 16000, dtype=np.float32)], max_new_tokens=1)

@@ -1,11 +1,12 @@
-"""Teacher-forced training batches and the loss, shared by both speech LLMs (:mod:`nemo_lite.train` runs them).
+"""Teacher-forced training batches and the loss, shared by both speech LLMs (:mod:`nemo_lite.training.loop` runs them).
 
 Loss: teacher forcing, cross-entropy on the answer tokens only (the transcript + ``<|im_end|>``); every other
 position's label is -100. Rows are left-padded after the audio splice and the LLM gets explicit
 ``position_ids = cumsum(mask) - 1`` (clamped at 0), the positions ``generate`` uses. Logits are computed only at
 the labelled positions (a 151936-word head over 1500 audio frames would dominate time and memory).
 
-Kept apart from the loop in :mod:`nemo_lite.train` so each module stays a readable size (STYLE: ~400 lines a file).
+Kept apart from the loop in :mod:`nemo_lite.training.loop` so each module stays a readable size (STYLE: ~400
+lines a file).
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .injection import build_inputs_embeds
-from .llm import base_causal_lm, input_embeddings
-from .prompts import asr_prompt, encode_dialog, text_to_ids
-from .whisper_adapter import WhisperLLM
+from ..injection import build_inputs_embeds
+from ..llm import base_causal_lm, input_embeddings
+from ..prompts import text_to_ids
+from ..speechlm import SpeechLM
 
 IGNORE = -100  # label of positions without loss (torch's cross_entropy ignore_index)
 
@@ -33,22 +34,9 @@ class TrainBatch:
     labels: torch.Tensor  # (B, L) answer ids at the answer positions, IGNORE elsewhere
 
 
-def prompt_and_placeholder(model: nn.Module) -> tuple[list[int], int]:
-    """The inference prompt (one audio placeholder) and the placeholder id, per architecture."""
-    if isinstance(model, WhisperLLM):
-        return model.prompt_ids(), model.audio_pad_id
-    return encode_dialog(model.tokenizer, asr_prompt(model.cfg.audio_locator_tag)), model.audio_tag_id
-
-
-def audio_embeddings(model: nn.Module, audios: list[np.ndarray]) -> list[torch.Tensor]:
-    """Per-clip LLM-width audio frames, with gradients to whatever is trainable."""
-    if isinstance(model, WhisperLLM):
-        return model.embed_audio(audios)
-    lengths = torch.tensor([len(a) for a in audios], device=model.device)
-    batch = torch.zeros(len(audios), int(lengths.max()), device=model.device)  # (B, N)
-    for i, a in enumerate(audios):
-        batch[i, : len(a)] = torch.from_numpy(np.asarray(a, dtype=np.float32))
-    return model.perception.embed_list(batch, lengths)
+def prompt_and_placeholder(model: SpeechLM) -> tuple[list[int], int]:
+    """The design's ASR prompt ids (one audio tag) and the tag's id."""
+    return model.prompt_ids(model.asr_prompt()).tolist(), model.audio_tag_id
 
 
 def answer_ids(tokenizer, text: str, eos_id: int) -> list[int]:
@@ -72,7 +60,7 @@ def build_batch(embed: nn.Embedding, prompt: list[int], placeholder: int, audio:
 class SpeechLoss(nn.Module):
     """Model + loss in one module, so DistributedDataParallel sees every trained parameter in its forward."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: SpeechLM) -> None:
         super().__init__()
         self.model = model
         self.prompt, self.placeholder = prompt_and_placeholder(model)
@@ -80,7 +68,7 @@ class SpeechLoss(nn.Module):
     def forward(self, audios: list[np.ndarray], answers: list[list[int]]) -> torch.Tensor:
         llm = self.model.llm
         batch = build_batch(input_embeddings(llm), self.prompt, self.placeholder,
-                            audio_embeddings(self.model, audios), answers)
+                            self.model.audio_embeddings(audios), answers)
         lm = base_causal_lm(llm)
         hidden = lm.model(inputs_embeds=batch.embeds, attention_mask=batch.mask.long(), position_ids=batch.positions,
                           use_cache=False).last_hidden_state  # (B, L, H)

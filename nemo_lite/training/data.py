@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .audio import SAMPLE_RATE, load_audio, probe_duration
+from ..audio import SAMPLE_RATE, load_audio, probe_duration
 
 
 @dataclass(frozen=True)

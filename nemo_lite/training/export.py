@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING
 import torch
 from safetensors.torch import save_file
 
-from .llm import base_causal_lm, input_embeddings
-from .weights import CONFIG_FILE, LLM_BACKBONE_DIR, TOKENIZER_FILES, WEIGHTS_FILE, to_nemo
+from ..llm import base_causal_lm, input_embeddings
+from ..weights import CONFIG_FILE, LLM_BACKBONE_DIR, TOKENIZER_FILES, WEIGHTS_FILE, to_nemo
 
 if TYPE_CHECKING:
-    from .model import CanaryQwen
+    from ..canary_qwen import CanaryQwen
 
 
 def llm_prefix(model: CanaryQwen) -> str:

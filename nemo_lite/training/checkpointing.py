@@ -1,10 +1,11 @@
 """Training checkpoints: save, load and resume the trained tensors with the optimizer, scheduler and RNG state;
-write the final model. Used by the loop in :mod:`nemo_lite.train`, kept apart so each module stays a readable size.
+write the final model. Used by the loop in :mod:`nemo_lite.training.loop`, kept apart so each module stays a
+readable size.
 
 Layout (``output_dir/checkpoint-NNNNNN/``): ``trainable.safetensors`` (the trained tensors only, by parameter
 name), ``train_config.json``, ``trainer_state.pt`` (optimizer, scheduler, step, epoch, position in the epoch,
 RNG). ``"resume": "auto"`` (or a checkpoint path) continues from one, bit-exactly. The final model goes to
-``output_dir/model``: WhisperLLM in its own layout, CanaryQwen in the hub layout via :mod:`nemo_lite.export`.
+``output_dir/model``: WhisperLLM in its own layout, CanaryQwen in the hub layout via :mod:`nemo_lite.training.export`.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from .whisper_adapter import WhisperLLM
+from .config import TrainConfig
 
 if TYPE_CHECKING:
-    from .train import TrainConfig
+    from ..speechlm import SpeechLM
 
 CHECKPOINT_PREFIX = "checkpoint-"
 
@@ -89,12 +90,12 @@ def resume_path(cfg: TrainConfig) -> Path | None:
     return Path(cfg.resume)
 
 
-def save_final(model: nn.Module, out: Path, source: str | None, dtype: torch.dtype) -> Path:
-    """The trained model in ``out``, loadable on its own: WhisperLLM layout, or for CanaryQwen the hub layout
-    (``source``: the checkpoint it was loaded from; ``dtype``: the exported weights' dtype)."""
-    if isinstance(model, WhisperLLM):
+def save_final(model: SpeechLM, architecture: str, out: Path, source: str | None, dtype: torch.dtype) -> Path:
+    """The trained model in ``out``, loadable on its own: the WhisperLLM layout, or for ``canary_qwen`` the hub
+    layout (``source``: the checkpoint it was loaded from; ``dtype``: the exported weights' dtype)."""
+    if architecture != "canary_qwen":
         return model.save_pretrained(out)
+    from ..weights import resolve_checkpoint
     from .export import export_canary
-    from .weights import resolve_checkpoint
 
     return export_canary(model, out, source=resolve_checkpoint(source), dtype=dtype)

@@ -1,0 +1,116 @@
+"""Load options: how a checkpoint is placed and computed (device, dtypes, quantization, LoRA merging, compiling).
+
+One frozen dataclass, validated in one place (``__post_init__``), and named presets so a user can pick a mode
+without knowing which options exclude which:
+
+- ``"exact"`` (the CPU default): NeMo's fp32 compute, identical greedy ids;
+- ``"fast-cpu"``: the fastest CPU mode within 0.5 WER points of exact on a trained model (int8 LLM linear layers;
+  README, Performance);
+- ``"gpu"``: CUDA in bf16.
+
+``from_pretrained(path, options="fast-cpu")`` takes a preset name or a :class:`LoadOptions`; keyword arguments
+(``device=``, ``dtype=``, ``quantize=``...) still work and override the preset's fields.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import TYPE_CHECKING, Any
+
+from .runtime import resolve_dtype
+
+if TYPE_CHECKING:
+    import torch
+
+QUANT_MODES = (None, "int8", "int8-all")  # int8: the LLM's linear layers; int8-all: the FastConformer's too
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    device: str | None = None  # "cpu" (None), "cuda", "cuda:1", "mps", ...
+    dtype: str | None = None  # compute dtype name; None: fp32 on CPU (NeMo's compute), bf16 on accelerators
+    encoder_dtype: str | None = None  # the audio encoder's own compute dtype; None: `dtype`
+    quantize: str | None = None  # None | "int8" (CPU: the LLM's linear layers) | "int8-all" (the encoder's too)
+    merge_lora: bool = False  # fold LoRA into the weights for ASR (unfolded again for LLM mode); not bit-exact
+    compact_encoder: bool | None = None  # encoder layers held in the file's narrower dtype, widened per call;
+    # None: on when computing fp32 from a bf16/fp16 file (bit-identical, 1.6 GB less at full size)
+    compile: bool = False  # CUDA: static KV cache + torch.compile'd decoding steps (CUDA graphs)
+
+    def __post_init__(self) -> None:
+        device = self.torch_device
+        dtype = self.compute_dtype
+        if self.quantize not in QUANT_MODES:
+            raise ValueError(f"quantize={self.quantize!r} not supported; use one of {QUANT_MODES}")
+        if self.quantize and self.merge_lora:
+            raise ValueError("merge_lora cannot be combined with quantize: int8 weights cannot be unmerged for "
+                             "LLM mode (int8 keeps LoRA as a cheap float side path instead)")
+        if self.quantize and (device.type != "cpu" or dtype != _fp32()):
+            raise ValueError(f"quantize={self.quantize!r} is a CPU mode on an fp32 model (int8 weights, fp32 "
+                             "activations); on a GPU use dtype='bfloat16'")
+        if self.quantize == "int8-all" and self.encoder_dtype is not None:
+            raise ValueError("encoder_dtype cannot be combined with quantize='int8-all' (its encoder is int8)")
+        if self.quantize == "int8-all" and self.compact_encoder:
+            raise ValueError("compact_encoder and quantize='int8-all' exclude each other (the encoder's linear "
+                             "layers are int8 already)")
+        if self.compile and device.type != "cuda":
+            raise ValueError("compile=True is a CUDA mode (CUDA graphs for the decoding steps); on CPU a step is "
+                             "bound by reading the weights and compiling did not pay off")
+
+    @property
+    def torch_device(self) -> torch.device:
+        import torch
+
+        return torch.device(self.device or "cpu")
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return resolve_dtype(self.dtype, self.torch_device)
+
+    @property
+    def encoder_compute_dtype(self) -> torch.dtype:
+        return self.compute_dtype if self.encoder_dtype is None else resolve_dtype(self.encoder_dtype,
+                                                                                   self.torch_device)
+
+    def with_overrides(self, **overrides: Any) -> LoadOptions:
+        """A copy with the given fields changed (None values are left out: "not given"); unknown names raise."""
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise TypeError(f"unknown load option(s) {unknown}; known: {sorted(known)}")
+        given = {k: _name(v) for k, v in overrides.items() if v is not None}
+        return replace(self, **given) if given else self
+
+
+def load_options(options: LoadOptions | str | None = None, **overrides: Any) -> LoadOptions:
+    """A preset name, a :class:`LoadOptions` or None (exact), with keyword overrides applied and validated."""
+    if options is None:
+        base = PRESETS["exact"]
+    elif isinstance(options, str):
+        if options not in PRESETS:
+            raise ValueError(f"unknown preset {options!r}; use one of {sorted(PRESETS)}")
+        base = PRESETS[options]
+    else:
+        base = options
+    return base.with_overrides(**overrides)
+
+
+def _name(value: Any) -> Any:
+    """``torch.device``/``torch.dtype`` values -> their names (the dataclass holds plain, printable values)."""
+    if type(value).__name__ == "dtype":
+        return str(value).removeprefix("torch.")
+    if type(value).__name__ == "device":
+        return str(value)
+    return value
+
+
+def _fp32() -> torch.dtype:
+    import torch
+
+    return torch.float32
+
+
+PRESETS: dict[str, LoadOptions] = {
+    "exact": LoadOptions(),
+    "fast-cpu": LoadOptions(quantize="int8"),
+    "gpu": LoadOptions(device="cuda", dtype="bfloat16"),
+}
