@@ -59,9 +59,18 @@ def normalizer(spelling_mapping: str | Path | dict | None = None):
     return EnglishTextNormalizer(spelling_mapping or {})
 
 
+def require_jiwer():
+    """jiwer (the WER/CER alignment), or an ImportError saying how to install it: it is the ``eval`` extra."""
+    try:
+        import jiwer
+    except ImportError as err:
+        raise ImportError("nemo-lite eval needs jiwer for WER/CER: pip install 'nemo-lite[eval]'") from err
+    return jiwer
+
+
 def word_counts(ref: str, hyp: str) -> Counts:
     """Word edits between two (normalised) strings."""
-    import jiwer
+    jiwer = require_jiwer()
 
     if not ref.split():
         return Counts(len(hyp.split()), 0)
@@ -71,7 +80,7 @@ def word_counts(ref: str, hyp: str) -> Counts:
 
 def char_counts(ref: str, hyp: str) -> Counts:
     """Character edits (spaces included) between two (normalised) strings."""
-    import jiwer
+    jiwer = require_jiwer()
 
     if not ref:
         return Counts(len(hyp), 0)
@@ -82,7 +91,7 @@ def char_counts(ref: str, hyp: str) -> Counts:
 def word_diff(ref: str, hyp: str) -> str:
     """A readable alignment: equal words plain, ``[-deleted-]``, ``{+inserted+}``, ``[-ref-]{+hyp+}`` for a
     substitution (git's --word-diff style)."""
-    import jiwer
+    jiwer = require_jiwer()
 
     r, h = ref.split(), hyp.split()
     if not r:
@@ -146,6 +155,11 @@ def load_model(path: str, device: str | None = None, dtype: str | None = None, l
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    try:
+        require_jiwer()  # before the model loads: say it at once
+    except ImportError as err:
+        print(f"nemo-lite: {err}", file=sys.stderr)
+        return 2
     if args.threads:
         import torch
 

@@ -37,6 +37,9 @@ class LoadOptions:
     compile: bool = False  # CUDA: static KV cache + torch.compile'd decoding steps (CUDA graphs)
 
     def __post_init__(self) -> None:
+        for name in ("dtype", "encoder_dtype"):  # one spelling per dtype ("bf16" -> "bfloat16"), checked here
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, str(resolve_dtype(getattr(self, name))).removeprefix("torch."))
         device = self.torch_device
         dtype = self.compute_dtype
         if self.quantize not in QUANT_MODES:

@@ -150,7 +150,6 @@ def test_long_audio_segments(tiny_model, long_audio, monkeypatch):
 def test_long_audio_without_timestamps_is_the_joined_text(tiny_model, long_audio):
     kwargs = dict(max_chunk_seconds=LIMIT, max_new_tokens=TOKENS)
     text = tiny_model.transcribe(long_audio, **kwargs)
-    assert isinstance(text, str)
     assert text == tiny_model.transcribe(long_audio, timestamps=True, **kwargs).text
 
 
@@ -261,8 +260,16 @@ def test_44k_stereo_file_segments_cover_it_in_order(tiny_model, tmp_path, long_a
 
 
 def test_long_file_problems_are_found_before_model_work(tiny_model, tmp_path, long_audio, monkeypatch):
+    """Regression (a spy that could not fail): the check used to watch ``generate``, which transcription never
+    calls. It now watches what transcription does call: ``embed_audio`` and ``generate_from_embeddings``."""
     calls = []
-    monkeypatch.setattr(tiny_model, "generate", lambda *a, **k: calls.append(k))
+    embed, decode = tiny_model.embed_audio, tiny_model.generate_from_embeddings
+    monkeypatch.setattr(tiny_model, "embed_audio", lambda *a, **k: calls.append("embed") or embed(*a, **k))
+    monkeypatch.setattr(tiny_model, "generate_from_embeddings",
+                        lambda *a, **k: calls.append("decode") or decode(*a, **k))
+    tiny_model.transcribe(long_audio[: SR // 2], max_chunk_seconds=LIMIT, max_new_tokens=2)  # spies see real work
+    assert calls == ["embed", "decode"]
+    calls.clear()
     bad = long_audio.copy()
     bad[-5] = np.nan  # in the last piece of the scan
     write_blocks(tmp_path / "nan.wav", bad, SR, subtype="FLOAT")
