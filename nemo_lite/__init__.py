@@ -23,16 +23,28 @@ _EXPORTS = {
     "WhisperLLMConfig": "nemo_lite.whisper_adapter",
     "TrainConfig": "nemo_lite.train",
     "load_train_config": "nemo_lite.train",
+    "VadOptions": "nemo_lite.vad",
+    "VoiceDetector": "nemo_lite.vad",
+    "speech_regions": "nemo_lite.vad",
+    "SegmentationOptions": "nemo_lite.segmentation",
+    "speech_segments": "nemo_lite.segmentation",
+    "Cue": "nemo_lite.subtitles",
+    "subtitle_cues": "nemo_lite.subtitles",
 }
-__all__ = ["AudioError", "CanaryQwen", "CheckpointError", "ConfigError", "SALMConfig", "Segment", "TrainConfig",
-           "Transcript", "WhisperLLM", "WhisperLLMConfig", "load_audio", "load_train_config"]
+__all__ = ["AudioError", "CanaryQwen", "CheckpointError", "ConfigError", "Cue", "SALMConfig", "Segment",
+           "SegmentationOptions", "TrainConfig", "Transcript", "VadOptions", "VoiceDetector", "WhisperLLM",
+           "WhisperLLMConfig", "load_audio", "load_train_config", "speech_regions", "speech_segments",
+           "subtitle_cues"]
 
 if TYPE_CHECKING:
     from .audio import AudioError, load_audio
     from .config import ConfigError, SALMConfig
     from .model import CanaryQwen
+    from .segmentation import SegmentationOptions, speech_segments
+    from .subtitles import Cue, subtitle_cues
     from .train import TrainConfig, load_train_config
     from .transcription import Segment, Transcript
+    from .vad import VadOptions, VoiceDetector, speech_regions
     from .weights import CheckpointError
     from .whisper_adapter import WhisperLLM, WhisperLLMConfig
 
