@@ -260,6 +260,7 @@ class VoiceDetector:
         self._state = initial_state()  # recurrent state after the last chunk computed
         self._pending: list[np.ndarray] = []  # samples fed but not yet computed (less than one batch)
         self._held = 0  # samples in _pending
+        self._finished = False  # finish() was called: the end is decided, no more audio
         self._probs = np.zeros(0, np.float32)  # probabilities computed: the first _chunks, capacity grown by 2x
         self._chunks = 0  # chunks computed
 
@@ -269,6 +270,9 @@ class VoiceDetector:
         return self._decide.regions
 
     def feed(self, piece: np.ndarray) -> VoiceDetector:
+        """Add the next samples (16 kHz float32 mono, any length); computes every whole batch now held."""
+        if self._finished:
+            raise RuntimeError("feed() after finish(): the last chunk was already padded and decided")
         if len(piece):
             self._pending.append(np.asarray(piece, dtype=np.float32))
             self.total += len(piece)
@@ -285,6 +289,9 @@ class VoiceDetector:
 
     def finish(self) -> list[tuple[int, int]]:
         """All regions, now that the end is known: (start, end) sample ranges in order, within [0, total)."""
+        if self._finished:
+            return self.regions
+        self._finished = True
         tail = np.concatenate(self._pending) if self._pending else np.zeros(0, np.float32)
         self._pending, self._held = [], 0
         if len(tail):

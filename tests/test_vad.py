@@ -8,6 +8,7 @@ hand in the test; none is read back from the code under test.
 
 from __future__ import annotations
 
+import sys
 from itertools import pairwise
 from pathlib import Path
 
@@ -70,7 +71,7 @@ def test_probabilities_match_silero_jit(spaced, model):
 
 def test_does_not_touch_torch_threads(spaced, model):
     """Regression: ``import silero_vad`` calls torch.set_num_threads(1) for the whole process; loading and
-    running the VAD must leave the caller's setting alone."""
+    running the VAD must leave the caller's setting alone (and never import that package, even at the top)."""
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -81,6 +82,7 @@ def test_does_not_touch_torch_threads(spaced, model):
         torch.set_num_threads(before)
         vad.clear_vad_cache()
     assert vad._MODEL is None
+    assert "silero_vad" not in sys.modules
 
 
 # ---------------------------------------------------------------- decisions (hand-made probabilities)
@@ -144,6 +146,9 @@ def test_streamed_equals_whole(spaced, model, pieces):
     assert streamed.finish() == expect and len(expect) >= 5
     assert np.array_equal(streamed.probabilities, whole.probabilities)
     assert streamed.total == len(audio)
+    assert streamed.finish() == expect  # finishing twice changes nothing
+    with pytest.raises(RuntimeError):
+        streamed.feed(audio[:10])
 
 
 def test_file_is_streamed_like_the_array(spaced, model, tmp_path):
