@@ -44,6 +44,9 @@ class SegmentationOptions:
             raise ValueError(f"max_segment_seconds ({self.max_segment_seconds}) must exceed both paddings + 32 ms")
         if min(self.min_segment_seconds, self.merge_gap_seconds, self.pad_seconds) < 0:
             raise ValueError("min_segment_seconds, merge_gap_seconds and pad_seconds must be >= 0")
+        if self.min_segment_seconds > self.max_segment_seconds - 2 * self.pad_seconds:  # else a cut has no room
+            raise ValueError(f"min_segment_seconds ({self.min_segment_seconds}) must not exceed max_segment_seconds "
+                             "less both paddings")
 
     @property
     def limit(self) -> int:

@@ -122,6 +122,8 @@ def test_options_are_checked():
         vad.VadOptions(onset=0.3, offset=0.5)
     with pytest.raises(ValueError):
         sg.SegmentationOptions(max_segment_seconds=0.3, pad_seconds=0.2)
+    with pytest.raises(ValueError):
+        sg.SegmentationOptions(max_segment_seconds=3.0, min_segment_seconds=2.8)
 
 
 # ---------------------------------------------------------------- streaming
@@ -263,6 +265,27 @@ def test_split_without_a_pause_cuts_at_the_lowest_point_and_never_exceeds():
     pieces = sg.split_long(0, chunks(len(flat)), flat, opts)
     assert pieces[0][0] == 0 and pieces[-1][1] == chunks(len(flat))
     assert all(b - a <= 20 * SR for a, b in pieces) and all(y == x for (_, y), (x, _) in pairwise(pieces))
+
+
+def test_segment_invariants_on_random_input():
+    """Whatever the regions and probabilities: segments in order, not overlapping, inside the audio, none over
+    max_segment_seconds, and every region sample still inside some segment."""
+    rng = np.random.default_rng(0)
+    opts = sg.SegmentationOptions(max_segment_seconds=6.0, min_segment_seconds=1.0, pad_seconds=0.2)
+    for _ in range(30):
+        n = int(rng.integers(100, 3000))  # chunks: 3-96 s
+        probs = rng.uniform(0, 1, n).astype(np.float32) ** float(rng.uniform(0.2, 3))
+        edges = np.sort(rng.choice(np.arange(1, n), size=2 * int(rng.integers(1, 12)), replace=False))
+        regions = [(chunks(a), chunks(b)) for a, b in zip(edges[::2], edges[1::2], strict=True)]
+        total = chunks(n) - int(rng.integers(0, vad.CHUNK))
+        regions = [(a, min(b, total)) for a, b in regions if a < total]
+        segs = sg.segment(regions, probs, total, opts)
+        assert all(0 <= a < b <= total and b - a <= 6 * SR for a, b in segs)
+        assert all(e1 <= s2 for (_, e1), (s2, _) in pairwise(segs))
+        speech_lost = sum(b - a for a, b in regions) - sum(
+            max(0, min(b, y) - max(a, x)) for a, b in regions for x, y in segs)
+        pause_chunks = sum((probs[a // vad.CHUNK:b // vad.CHUNK] < opts.pause_threshold).sum() for a, b in regions)
+        assert 0 <= speech_lost <= pause_chunks * vad.CHUNK  # only pauses cut out of regions are left out
 
 
 def test_merge_short_into_nearer_neighbour():
