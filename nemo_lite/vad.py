@@ -7,7 +7,7 @@ convolutions down to one 128-vector, one LSTM cell step and a 1x1 convolution + 
 chunk is speech. Our :class:`SileroVAD` is that network written out (the LSTM cell run as a one-layer
 ``nn.LSTM`` over each batch of chunks, the same arithmetic); its weights are read from the jit file through
 one key table (:data:`JIT_KEYS`), strictly, and its probabilities match the jit model's own per-chunk calls
-to ~2e-5 (tests/test_vad.py, docs/vad.md). Why not call the package:
+to ~1e-5 (tests/test_vad.py, docs/vad.md). Why not call the package:
 
 * ``import silero_vad`` runs ``torch.set_num_threads(1)`` (silero_vad/model.py, 6.2.3): a global change for the
   whole process. We locate the jit file through the package's metadata and never import the package.

@@ -3,8 +3,9 @@
     python scripts/make_vad_fixtures.py [--out tests/data/vad]
 
 Needs the ``espeak-ng`` and ``sox`` programs (Debian: ``apt-get install espeak-ng sox``). Each sentence is
-synthesised at espeak's 22.05 kHz, converted by sox to 16 kHz mono 16-bit FLAC, then cut to its speech plus
-:data:`MARGIN_SECONDS` each side (zeros are added where espeak left less). Speech is where the 10 ms frame RMS
+synthesised at espeak's 22.05 kHz, converted by sox to 16 kHz mono 16-bit FLAC without dither (so a rerun gives
+the same files, with espeak-ng 1.51 and SoX 14.4.2), then cut to its speech plus :data:`MARGIN_SECONDS` each side
+(zeros are added where espeak left less). Speech is where the 10 ms frame RMS
 exceeds :data:`SPEECH_RMS` (-50 dBFS): espeak starts an utterance at once and ends it with a decay that falls
 below that level within a few tens of ms of the last sound, so the first and last frames above it are the true
 onset and offset (then refined to the first and last sample above that level). ``speech.json`` records, per
@@ -60,7 +61,8 @@ def synthesise(voice: str, wpm: int, text: str, tmp: Path) -> np.ndarray:
     """espeak-ng -> sox (16 kHz mono 16-bit) -> float32 samples."""
     raw, wav = tmp / "raw.wav", tmp / "16k.wav"
     subprocess.run(["espeak-ng", "-v", voice, "-s", str(wpm), "-w", str(raw), text], check=True)
-    subprocess.run(["sox", str(raw), "-r", str(RATE), "-c", "1", "-b", "16", str(wav)], check=True)
+    no_dither = "-D"  # sox dithers by default when it reduces bit depth: random, so runs would differ
+    subprocess.run(["sox", str(raw), no_dither, "-r", str(RATE), "-c", "1", "-b", "16", str(wav)], check=True)
     audio, rate = sf.read(wav, dtype="float32")
     assert rate == RATE
     return audio
