@@ -17,6 +17,8 @@ to ~1e-5 (tests/test_vad.py, docs/vad.md). Why not call the package:
   one chunk at a time, inside ``nn.LSTM``. That is several times faster than the per-chunk jit loop (docs/vad.md).
 * The wheel's ``silero_vad_16k.safetensors`` holds other weights than the jit (same DFT basis, conv1 differs by
   up to 4.0): it is not the model ``load_silero_vad()`` serves, so it is not used.
+* Reading the jit file needs ``torch.jit.load``, deprecated in torch 2.13 (a DeprecationWarning, still works).
+  Should it go, the 16 kHz weights (~1.2 MB) can be converted once through :data:`JIT_KEYS` to safetensors.
 * The jit files of silero-vad 5.1.2 and 6.0.0 load through the same table and match their jit models too, but
   their weights differ from 6.2.3's; the thresholds and defaults here were measured with 6.2.3 (docs/vad.md).
 
