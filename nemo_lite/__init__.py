@@ -27,10 +27,18 @@ _EXPORTS = {
     "WhisperLLMConfig": "nemo_lite.whisper_adapter",
     "TrainConfig": "nemo_lite.training.config",
     "load_train_config": "nemo_lite.training.config",
+    "VadOptions": "nemo_lite.vad",
+    "VoiceDetector": "nemo_lite.vad",
+    "speech_regions": "nemo_lite.vad",
+    "SegmentationOptions": "nemo_lite.segmentation",
+    "speech_segments": "nemo_lite.segmentation",
+    "Cue": "nemo_lite.subtitles",
+    "subtitle_cues": "nemo_lite.subtitles",
 }
-__all__ = ["PRESETS", "AudioError", "CanaryQwen", "CheckpointError", "ConfigError", "LoadOptions", "SALMConfig",
-           "Segment", "SpeechLM", "TrainConfig", "Transcript", "WhisperLLM", "WhisperLLMConfig", "from_pretrained",
-           "load_audio", "load_train_config"]
+__all__ = ["PRESETS", "AudioError", "CanaryQwen", "CheckpointError", "ConfigError", "Cue", "LoadOptions",
+           "SALMConfig", "Segment", "SegmentationOptions", "SpeechLM", "TrainConfig", "Transcript", "VadOptions",
+           "VoiceDetector", "WhisperLLM", "WhisperLLMConfig", "from_pretrained", "load_audio", "load_train_config",
+           "speech_regions", "speech_segments", "subtitle_cues"]
 
 if TYPE_CHECKING:
     from .audio import AudioError, load_audio
@@ -38,9 +46,12 @@ if TYPE_CHECKING:
     from .canary_qwen import CanaryQwen
     from .config import ConfigError, SALMConfig
     from .options import PRESETS, LoadOptions
+    from .segmentation import SegmentationOptions, speech_segments
     from .speechlm import SpeechLM
+    from .subtitles import Cue, subtitle_cues
     from .training.config import TrainConfig, load_train_config
     from .transcription import Segment, Transcript
+    from .vad import VadOptions, VoiceDetector, speech_regions
     from .weights import CheckpointError
     from .whisper_adapter import WhisperLLM, WhisperLLMConfig
 
