@@ -184,17 +184,21 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     if args.output_dir:
         Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     opts = TranscribeOptions(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, on_error="skip",
-                             chunk=ChunkOptions(max_chunk_seconds=args.max_chunk_seconds))
+                             chunk=ChunkOptions(max_chunk_seconds=args.max_chunk_seconds or model.window_seconds),
+                             segmentation=args.segmentation)
+    timestamps = args.timestamps or args.format != "txt"  # json/srt/vtt carry segment times: speech segments
+    vad = None if opts.segmentation == "fixed" else opts.vad
     bad, done, audio_seconds, t0 = len(errors), 0, 0.0, time.perf_counter()
     bar = tqdm(total=round(sum(j.duration for j in jobs), 2), unit="s", desc="transcribing", file=sys.stderr,
                disable=args.quiet, bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s audio [{elapsed}<{remaining}]")
     for group in groups(jobs):
-        loaded, failures = load_all([str(j.path) for j in group], opts.sample_rate, opts.chunk)
+        loaded, failures = load_all([str(j.path) for j in group], opts.sample_rate, opts.chunk, vad)
         for i, msg in failures:
             bar.write(f"nemo-lite: skipped {msg}", file=sys.stderr)
             bar.update(group[i].duration)
         bad += len(failures)
-        results = transcribe_arrays(model, loaded, opts, progress=lambda s: bar.update(round(s, 3)))
+        results = transcribe_arrays(model, loaded, opts, progress=lambda s: bar.update(round(s, 3)),
+                                    timestamps=timestamps)
         for job, transcript in zip(group, results, strict=True):
             if transcript is not None:
                 audio_seconds += transcript.duration
@@ -262,8 +266,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--format", choices=FORMATS, default="txt", help="output format (default %(default)s)")
     t.add_argument("--output-dir", help="write one file per input (named after its stem) here, not to stdout")
     t.add_argument("--timestamps", action="store_true", help="txt: one line per segment with start/end seconds")
-    t.add_argument("--max-chunk-seconds", type=float, default=40.0,
-                   help="split longer audio at quiet points into windows this long at most (default %(default)s)")
+    t.add_argument("--max-chunk-seconds", type=float,
+                   help="longest audio decoded as one window (default: the model's, 40 s for Canary-Qwen); longer "
+                        "input is segmented")
+    t.add_argument("--segmentation", choices=["vad", "fixed"],
+                   help="vad: transcribe only speech, in phrase-length segments (at most 20 s) found by Silero VAD; "
+                        "fixed: contiguous windows cut at quiet points. Default: vad for long input and for "
+                        "json/srt/vtt or --timestamps, else one pass for clips within the window")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_transcribe)
     c = sub.add_parser("chat", help="ask the LLM (LoRA adapter off) a question, e.g. about a transcript")

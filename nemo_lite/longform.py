@@ -24,10 +24,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .audio import SAMPLE_RATE, AudioError, FileAudio
+
+if TYPE_CHECKING:
+    from .vad import VoiceDetector
 
 FRAME = 320  # energy frame: 20 ms at 16 kHz
 SMOOTH_FRAMES = 5  # moving average over 5 frames = 100 ms: a pause, not a plosive's closure
@@ -177,6 +181,7 @@ class LongAudio:
     windows: list[tuple[int, int]]  # 16 kHz sample ranges from the scan: contiguous, 0 to ``length``
     length: int  # 16 kHz samples in the whole recording
     chunk: ChunkOptions  # the options the windows were cut with
+    detector: VoiceDetector | None = None  # the voice-activity pass run during the scan, when one was asked for
     _pass: Iterator[np.ndarray] | None = field(default=None, init=False, repr=False, compare=False)  # the open pass
     _head: np.ndarray = field(default_factory=lambda: _EMPTY, init=False, repr=False, compare=False)  # its piece
     _head_start: int = field(default=0, init=False, repr=False, compare=False)  # index of ``_head[0]``
@@ -210,19 +215,25 @@ class LongAudio:
         self._pass, self._head, self._head_start = None, _EMPTY, 0
 
 
-def scan(file: FileAudio, opts: ChunkOptions = ChunkOptions()) -> np.ndarray | LongAudio:
+def scan(file: FileAudio, opts: ChunkOptions = ChunkOptions(), detector: VoiceDetector | None = None
+         ) -> np.ndarray | LongAudio:
     """Decode ``file`` once: its samples if they fit one window, else a :class:`LongAudio` holding none.
 
     The pass checks what :func:`~nemo_lite.audio.load_audio` checks (missing, empty or undecodable file, NaN/inf
     samples, no samples at all) and raises the same :class:`AudioError`; the windows are those
-    :func:`split_windows` cuts from the loaded array.
+    :func:`split_windows` cuts from the loaded array. ``detector``: a voice-activity detector fed the same pieces
+    (one decoding pass for both); a long file keeps it (:attr:`LongAudio.detector`), finished.
     """
     splitter = WindowSplitter(opts)
     for piece in file.pieces():
         splitter.feed(piece)
+        if detector is not None:
+            detector.feed(piece)
     windows = splitter.finish()
     if splitter.total == 0:
         raise AudioError(f"{file.name}: audio is empty (0 samples)")
     if len(windows) == 1:
         return np.ascontiguousarray(splitter.audio())
-    return LongAudio(file, windows, splitter.total, opts)
+    if detector is not None:
+        detector.finish()
+    return LongAudio(file, windows, splitter.total, opts, detector)

@@ -228,6 +228,7 @@ class SpeechLM(nn.Module):
         max_chunk_seconds: float | None = None,
         on_error: str = "raise",
         progress: Callable[[float], None] | None = None,
+        segmentation: str | None = None,
     ):
         """Transcribe one input or a list of inputs (results in input order).
 
@@ -242,10 +243,13 @@ class SpeechLM(nn.Module):
         Batching: inputs (or their windows) are sorted by duration and decoded ``batch_size`` at a time (default
         8 on CPU, 64 on a GPU); each row gets its own token budget, so results equal one-by-one transcription.
 
-        Long audio: over ``max_chunk_seconds`` (default :attr:`window_seconds`: 40 s for Canary-Qwen, 30 s for a
-        Whisper encoder) it is split into contiguous windows cut at quiet points; no sample is dropped or repeated
-        (see :mod:`nemo_lite.transcription`). A long file is never held whole. ``max_new_tokens``: per window;
-        default 8 tokens/s + 32, at least 128.
+        Segments (``segmentation``, see :mod:`nemo_lite.transcription`): ``"vad"`` transcribes only speech, cut
+        into phrase-length segments (at most 20 s) by Silero VAD, so silence and noise cost nothing and get no
+        invented text (no speech: ``""``, no segments); ``"fixed"`` cuts contiguous windows of up to
+        ``max_chunk_seconds`` at quiet points. The default (None) uses ``"vad"`` for input longer than
+        ``max_chunk_seconds`` (default :attr:`window_seconds`: 40 s for Canary-Qwen, 30 s for a Whisper encoder)
+        and whenever ``timestamps=True``, and one pass (NeMo's exact ids) for a shorter clip without timestamps.
+        A long file is never held whole. ``max_new_tokens``: per window; default 8 tokens/s + 32, at least 128.
 
         Edge cases: clips shorter than 20 ms are zero-padded to 20 ms; digital silence runs through the model.
 
@@ -260,7 +264,7 @@ class SpeechLM(nn.Module):
         seconds = max_chunk_seconds or self.window_seconds
         chunk = ChunkOptions(max_chunk_seconds=seconds, search_seconds=min(5.0, seconds / 2))
         opts = TranscribeOptions(batch_size=batch_size, max_new_tokens=max_new_tokens, sample_rate=sample_rate,
-                                 chunk=chunk, on_error=on_error)
+                                 chunk=chunk, on_error=on_error, segmentation=segmentation)
         return transcribe(self, audio, opts, timestamps=timestamps, progress=progress)
 
     def chat(

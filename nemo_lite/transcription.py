@@ -1,10 +1,24 @@
 """Transcription: inputs -> validated 16 kHz audio -> windows -> batched greedy decoding -> texts and segments.
 
 Every input is decoded and checked before any model work, so a batch with bad inputs fails fast (or, with
-``on_error="skip"``, the bad ones are set aside). Audio longer than ``max_chunk_seconds`` is split at low-energy
-points (:mod:`nemo_lite.longform`). A file (path, bytes, seekable file object) that long is only scanned up front
+``on_error="skip"``, the bad ones are set aside).
+
+Windows (what each decoded row holds), by ``TranscribeOptions.segmentation``:
+
+- ``"vad"``: speech segments. Silero VAD (:mod:`nemo_lite.vad`) finds the speech, and :mod:`nemo_lite.segmentation`
+  pads it, splits it at pauses into phrase-length pieces (at most ``max_segment_seconds``, and never more than the
+  model's window) and merges tiny fragments. Silence, noise and music are never sent to the model, so nothing is
+  invented for them; an input with no speech gets ``text == ""`` and no segments. Segments keep their own bounds:
+  the silence between them belongs to none.
+- ``"fixed"``: contiguous windows of up to ``max_chunk_seconds`` cut at low-energy points
+  (:mod:`nemo_lite.longform`); an input within the limit is one window (NeMo's single pass).
+- ``None`` (the default): ``"vad"`` for an input longer than ``max_chunk_seconds`` or when timestamps are asked
+  for, else one window, so a short clip transcribed without timestamps still gives NeMo's exact ids.
+
+Long files A file (path, bytes, seekable file object) that long is only scanned up front
 and stays in its file: its windows are decoded again, front to back, as their batches come (samples equal to
-slicing the loaded array). Arrays and tensors, already in memory, are sliced. Windows of long files are batched in
+slicing the loaded array); the VAD runs on the same scan's pieces. Arrays and tensors, already in memory, are
+sliced. Windows of long files are batched in
 file order (so one more decoding pass reads them all), then all other windows sorted by length, longest first;
 ``batch_size`` windows go to each ``generate`` call. Memory is therefore one batch of windows plus the inputs
 held in memory (short files, arrays), whatever the length of a file. Window texts are joined in order; with
@@ -17,7 +31,7 @@ speech rates. A row decoded in a batch is cut to its own budget, so batched resu
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
@@ -26,6 +40,9 @@ from .audio import MIN_SAMPLES, SAMPLE_RATE, AudioError, AudioInput, FileAudio, 
 from .longform import ChunkOptions, LongAudio, scan, split_windows
 from .memory import release_freed_memory
 from .runtime import default_batch_size, encoder_batch_samples, encoder_groups
+from .segmentation import SegmentationOptions, segment
+from .subtitles import subtitle_cues, to_srt, to_vtt
+from .vad import VadOptions, VoiceDetector, detect
 
 if TYPE_CHECKING:
     import torch
@@ -53,9 +70,9 @@ Loaded = np.ndarray | LongAudio  # a checked input: 16 kHz samples in memory, or
 
 @dataclass
 class Segment:
-    start: float  # seconds from the start of the input
-    end: float  # seconds; equals the next segment's start (windows are contiguous)
-    text: str  # transcript of this window
+    start: float  # seconds from the start of the input: this segment's own bounds
+    end: float  # seconds (speech segments leave the silence between them uncovered; fixed windows are contiguous)
+    text: str  # transcript of this segment
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -64,23 +81,21 @@ class Segment:
 @dataclass
 class Transcript:
     text: str  # the whole input's transcript: non-empty segment texts joined by single spaces
-    segments: list[Segment] = field(default_factory=list)  # one per decoded window, in time order
+    segments: list[Segment] = field(default_factory=list)  # one per decoded window/segment, in time order
     duration: float = 0.0  # seconds of audio (at 16 kHz, before any padding)
 
     def to_dict(self) -> dict:
         return {"text": self.text, "duration": self.duration, "segments": [s.to_dict() for s in self.segments]}
 
     def to_srt(self) -> str:
-        """SubRip cues, one per non-empty segment (``HH:MM:SS,mmm``)."""
-        cues = [s for s in self.segments if s.text.strip()]
-        return "".join(f"{i}\n{_clock(s.start, ',')} --> {_clock(s.end, ',')}\n{_one_line(s.text)}\n\n"
-                       for i, s in enumerate(cues, 1))
+        """SubRip cues (``HH:MM:SS,mmm``): one per non-empty segment; a segment over ~7 s or ~84 characters becomes
+        several cues of at most two lines of ~42 characters, whose split times are estimates shared out in
+        proportion to characters (:func:`nemo_lite.subtitles.subtitle_cues`)."""
+        return to_srt(subtitle_cues([(s.start, s.end, s.text) for s in self.segments]))
 
     def to_vtt(self) -> str:
-        """WebVTT: header, then one cue per non-empty segment (``HH:MM:SS.mmm``)."""
-        cues = [s for s in self.segments if s.text.strip()]
-        return "WEBVTT\n\n" + "".join(f"{_clock(s.start, '.')} --> {_clock(s.end, '.')}\n{_one_line(s.text)}\n\n"
-                                      for s in cues)
+        """WebVTT (``HH:MM:SS.mmm``), the same cues as :meth:`to_srt`."""
+        return to_vtt(subtitle_cues([(s.start, s.end, s.text) for s in self.segments]))
 
 
 @dataclass(frozen=True)
@@ -90,8 +105,13 @@ class TranscribeOptions:
     sample_rate: int = SAMPLE_RATE  # rate of array/tensor inputs (files carry their own)
     chunk: ChunkOptions = ChunkOptions()  # long-form window limit and cut search
     on_error: Literal["raise", "skip"] = "raise"  # bad inputs: raise before any work, or return None for them
+    segmentation: Literal["vad", "fixed"] | None = None  # None: vad when long or timestamped (module docstring)
+    vad: VadOptions = VadOptions()  # voice-activity thresholds
+    segments: SegmentationOptions = SegmentationOptions()  # speech segment lengths, padding, merging
 
     def __post_init__(self) -> None:
+        if self.segmentation not in (None, "vad", "fixed"):
+            raise ValueError(f"segmentation must be 'vad' or 'fixed' (or None: automatic), got {self.segmentation!r}")
         if self.batch_size is not None and self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.on_error not in ("raise", "skip"):
@@ -110,23 +130,57 @@ def token_budget(seconds: float) -> int:
 
 
 def load_all(
-    items: Sequence[AudioInput], sample_rate: int, chunk: ChunkOptions | None = None
+    items: Sequence[AudioInput], sample_rate: int, chunk: ChunkOptions | None = None, vad: VadOptions | None = None
 ) -> tuple[list[Loaded | None], list[tuple[int, str]]]:
     """Decode and check every input; bad ones become None, with ``(index, message)`` in the failure list.
 
     With ``chunk``, a file input longer than ``chunk.max_chunk_seconds`` is scanned, not kept: it comes back as a
-    :class:`~nemo_lite.longform.LongAudio` (its windows, no samples). Everything else is a 16 kHz array.
+    :class:`~nemo_lite.longform.LongAudio` (its windows, no samples). Everything else is a 16 kHz array. With
+    ``vad`` too, the scan also runs the voice-activity detector (kept on the LongAudio for :func:`plan_windows`).
     """
     loaded: list[Loaded | None] = []
     failures: list[tuple[int, str]] = []
     for i, item in enumerate(items):
         try:
             file = FileAudio.of(item) if chunk is not None else None
-            loaded.append(load_audio(item, sample_rate) if file is None else scan(file, chunk))
+            detector = VoiceDetector(vad) if file is not None and vad is not None else None
+            loaded.append(load_audio(item, sample_rate) if file is None else scan(file, chunk, detector))
         except AudioError as err:
             loaded.append(None)
             failures.append((i, str(err)))
     return loaded, failures
+
+
+def uses_vad(opts: TranscribeOptions, timestamps: bool, samples: int) -> bool:
+    """Whether an input of ``samples`` is cut into speech segments (see the module docstring)."""
+    if opts.segmentation is not None:
+        return opts.segmentation == "vad"
+    return timestamps or samples > opts.chunk.max_samples
+
+
+def segment_options(opts: TranscribeOptions) -> SegmentationOptions:
+    """The speech segment options, their limit capped at the model's window (``max_chunk_seconds``)."""
+    seg = opts.segments
+    limit = min(seg.max_segment_seconds, opts.chunk.max_chunk_seconds)
+    if limit == seg.max_segment_seconds:
+        return seg
+    pad = min(seg.pad_seconds, limit / 4)
+    return replace(seg, max_segment_seconds=limit, pad_seconds=pad,
+                   min_segment_seconds=min(seg.min_segment_seconds, (limit - 2 * pad) / 2))
+
+
+def plan_windows(x: Loaded, opts: TranscribeOptions, timestamps: bool = False) -> list[tuple[int, int]]:
+    """The (start, end) 16 kHz sample ranges to decode for one checked input, in time order: speech segments or
+    fixed windows (module docstring). An input without speech has none."""
+    if not uses_vad(opts, timestamps, _length(x)):
+        return _windows(x, opts.chunk)
+    if isinstance(x, LongAudio):
+        if x.detector is None:
+            raise ValueError(f"{x.file.name} was scanned without voice-activity detection: load it with vad=...")
+        det = x.detector
+    else:
+        det = detect(x, opts.vad)
+    return segment(det.regions, det.probabilities, det.total, segment_options(opts))
 
 
 def batch_failure(items: Sequence[AudioInput], failures: list[tuple[int, str]]) -> AudioError:
@@ -137,14 +191,19 @@ def batch_failure(items: Sequence[AudioInput], failures: list[tuple[int, str]]) 
 
 def decode_windows(
     model: SpeechModel, loaded: list[Loaded | None], windows: list[_Window], opts: TranscribeOptions,
-    progress: Progress | None = None,
+    progress: Progress | None = None, credit: list[float] | None = None,
 ) -> list[str]:
     """Text per window, ``batch_size`` windows per ``generate`` call, texts in window order (``None``:
     :func:`~nemo_lite.runtime.default_batch_size` of the model's device).
 
     Batch order: windows of long files in file order (each file is decoded once more, front to back), then the
     other windows longest first (similar lengths share a batch: little padding).
+
+    ``progress`` is called with audio seconds done: half of a window's ``credit`` (default: its length) when it is
+    encoded, one encoder group at a time, the other half when its batch is decoded, so a long file's bar moves
+    several times per batch.
     """
+    credit = credit or [(w.end - w.start) / SAMPLE_RATE for w in windows]
     streamed = [k for k, w in enumerate(windows) if isinstance(loaded[w.item], LongAudio)]
     in_memory = sorted((k for k, w in enumerate(windows) if not isinstance(loaded[w.item], LongAudio)),
                        key=lambda k: -(windows[k].end - windows[k].start))
@@ -155,17 +214,19 @@ def decode_windows(
         chunk = order[s:s + batch_size]
         seconds = [(windows[k].end - windows[k].start) / SAMPLE_RATE for k in chunk]
         budgets = [opts.max_new_tokens or token_budget(t) for t in seconds]
-        ids = model.generate_from_embeddings(_embed_windows(model, loaded, [windows[k] for k in chunk]),
-                                             max_new_tokens=max(budgets))
+        halves = [credit[k] / 2 for k in chunk]
+        embeds = _embed_windows(model, loaded, [windows[k] for k in chunk], progress, halves)
+        ids = model.generate_from_embeddings(embeds, max_new_tokens=max(budgets))
         for k, row, budget in zip(chunk, ids, budgets, strict=True):
             texts[k] = model.decode(row[:budget])  # a row's own budget: same ids as decoding it alone
         release_freed_memory()
         if progress is not None:
-            progress(sum(seconds))
+            progress(sum(halves))
     return texts
 
 
-def _embed_windows(model: SpeechModel, loaded: list[Loaded | None], windows: list[_Window]) -> list:
+def _embed_windows(model: SpeechModel, loaded: list[Loaded | None], windows: list[_Window],
+                   progress: Progress | None = None, credit: list[float] | None = None) -> list:
     """Audio embeddings of ``windows``, one encoder group at a time: only that group's samples are ever held
     (a decoding batch of eight 40 s windows would otherwise hold 20 MB of samples through the whole batch)."""
     sizes = [max(w.end - w.start, MIN_SAMPLES) for w in windows]
@@ -174,6 +235,8 @@ def _embed_windows(model: SpeechModel, loaded: list[Loaded | None], windows: lis
         clips = [pad_to_minimum(_samples(loaded[w.item], w)) for w in windows[start:end]]
         out += model.embed_audio(clips)
         del clips
+        if progress is not None and credit is not None:
+            progress(sum(credit[start:end]))
     return out
 
 
@@ -195,12 +258,30 @@ def _windows(x: Loaded, chunk: ChunkOptions) -> list[tuple[int, int]]:
 
 
 def transcribe_arrays(
-    model: SpeechModel, loaded: list[Loaded | None], opts: TranscribeOptions, progress: Progress | None = None
+    model: SpeechModel, loaded: list[Loaded | None], opts: TranscribeOptions, progress: Progress | None = None,
+    timestamps: bool = False,
 ) -> list[Transcript | None]:
-    """Checked inputs from :func:`load_all` (None: skipped) -> one :class:`Transcript` each."""
-    windows = [_Window(i, a, b) for i, x in enumerate(loaded) if x is not None for a, b in _windows(x, opts.chunk)]
+    """Checked inputs from :func:`load_all` (None: skipped) -> one :class:`Transcript` each.
+
+    ``progress`` gets every input's whole duration in all: the silence before, between and after speech
+    segments is credited to the segment that follows it (the last one takes the tail; an input without speech is
+    credited at once)."""
+    windows: list[_Window] = []
+    credit: list[float] = []
+    for i, x in enumerate(loaded):
+        if x is None:
+            continue
+        spans = plan_windows(x, opts, timestamps)
+        prev = 0
+        for j, (a, b) in enumerate(spans):
+            stop = _length(x) if j == len(spans) - 1 else b  # the last segment takes the tail
+            windows.append(_Window(i, a, b))
+            credit.append((stop - prev) / SAMPLE_RATE)
+            prev = stop
+        if not spans and progress is not None:
+            progress(_length(x) / SAMPLE_RATE)
     try:
-        texts = decode_windows(model, loaded, windows, opts, progress)
+        texts = decode_windows(model, loaded, windows, opts, progress, credit)
     finally:
         for x in loaded:
             if isinstance(x, LongAudio):
@@ -226,27 +307,16 @@ def transcribe(
     """See :meth:`nemo_lite.speechlm.SpeechLM.transcribe` for the contract."""
     single = not isinstance(audio, (list, tuple))
     items = [audio] if single else list(audio)
-    loaded, failures = load_all(items, opts.sample_rate, opts.chunk)
+    vad = None if opts.segmentation == "fixed" else opts.vad
+    loaded, failures = load_all(items, opts.sample_rate, opts.chunk, vad)
     if failures and opts.on_error == "raise":
         if single:
             raise AudioError(failures[0][1], failures)
         raise batch_failure(items, failures)
-    results = transcribe_arrays(model, loaded, opts, progress)
+    results = transcribe_arrays(model, loaded, opts, progress, timestamps)
     out = results if timestamps else [None if t is None else t.text for t in results]
     return out[0] if single else out
 
 
-def _clock(seconds: float, sep: str) -> str:
-    ms = int(round(seconds * 1000))
-    h, rest = divmod(ms, 3_600_000)
-    m, rest = divmod(rest, 60_000)
-    s, ms = divmod(rest, 1000)
-    return f"{h:02d}:{m:02d}:{s:02d}{sep}{ms:03d}"
-
-
-def _one_line(text: str) -> str:
-    """Subtitle cue text on one line: a blank line would end the cue early."""
-    return " ".join(text.split()).replace("-->", "->")  # "-->" would end a WebVTT cue's timing line
-
-
-__all__ = ["Segment", "Transcript", "TranscribeOptions", "transcribe", "transcribe_arrays"]
+__all__ = ["Segment", "Transcript", "TranscribeOptions", "load_all", "plan_windows", "transcribe",
+           "transcribe_arrays"]

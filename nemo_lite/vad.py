@@ -120,7 +120,7 @@ class SileroVAD(nn.Module):
             return np.zeros(0, np.float32), state
         x = np.concatenate([state.context, audio[:n * CHUNK]]).astype(np.float32, copy=False)  # (CONTEXT + n*CHUNK,)
         windows = np.lib.stride_tricks.sliding_window_view(x, CONTEXT + CHUNK)[::CHUNK]  # (n, 576), a view
-        probs, h, c = self.decode(self.features(torch.from_numpy(np.ascontiguousarray(windows))), state.h, state.c)
+        probs, h, c = self.decode(self.features(torch.from_numpy(np.array(windows))), state.h, state.c)  # a copy
         return probs.numpy(), VadState(h, c, x[-CONTEXT:].copy())
 
 

@@ -58,7 +58,9 @@ def test_folder_with_bad_files(tiny_ckpt, tiny_model, folder, tmp_path, capsys):
         expected = tiny_model.transcribe(src, timestamps=True, max_new_tokens=4)
         assert data["text"] == expected.text
         assert data["duration"] == pytest.approx(sf.info(str(src)).duration, abs=1e-3)
-        assert data["segments"][0]["start"] == 0 and data["segments"][-1]["end"] == pytest.approx(data["duration"])
+        segs = data["segments"]  # json output: speech segments (VAD), inside the recording, in time order
+        assert segs and 0 <= segs[0]["start"] and segs[-1]["end"] <= data["duration"] + 1e-6
+        assert [s["start"] for s in segs] == sorted(s["start"] for s in segs)
     assert re.search(r"RTFx [0-9.]+", err)  # the final summary line
 
 
@@ -98,7 +100,7 @@ def test_formats(tiny_ckpt, tiny_model, tmp_path, fmt, capsys):
 def test_timestamps_txt_to_stdout(tiny_ckpt, capsys):
     code, out, _ = run(["transcribe", str(EXAMPLE), "--model", str(tiny_ckpt), "--timestamps", *TOKENS], capsys)
     assert code == 0
-    assert re.fullmatch(r"\[0\.00 - 4\.46\] .*\n", out)
+    assert re.fullmatch(r"\[0\.\d\d - 4\.\d\d\] .*\n", out)  # the example's one speech segment, 4.46 s file
 
 
 def test_manifest_relative_paths(tiny_ckpt, folder, tmp_path, monkeypatch, capsys):

@@ -126,7 +126,7 @@ def test_long_audio_segments(tiny_model, long_audio, monkeypatch):
     monkeypatch.setattr(tiny_model, "generate_from_embeddings", lambda e, **kw: decoded.append(len(e)) or
                         decode(e, **kw))
     out = tiny_model.transcribe(long_audio, timestamps=True, max_chunk_seconds=LIMIT, batch_size=2,
-                                max_new_tokens=TOKENS)
+                                segmentation="fixed", max_new_tokens=TOKENS)
     monkeypatch.undo()
     segs = out.segments
     assert out.duration == pytest.approx(len(long_audio) / SR)
@@ -148,13 +148,14 @@ def test_long_audio_segments(tiny_model, long_audio, monkeypatch):
 
 
 def test_long_audio_without_timestamps_is_the_joined_text(tiny_model, long_audio):
-    kwargs = dict(max_chunk_seconds=LIMIT, max_new_tokens=TOKENS)
+    kwargs = dict(max_chunk_seconds=LIMIT, max_new_tokens=TOKENS, segmentation="fixed")
     text = tiny_model.transcribe(long_audio, **kwargs)
     assert text == tiny_model.transcribe(long_audio, timestamps=True, **kwargs).text
 
 
 def test_transcript_serialisation(tiny_model, long_audio):
-    out = tiny_model.transcribe([long_audio], timestamps=True, max_chunk_seconds=LIMIT, max_new_tokens=TOKENS)[0]
+    out = tiny_model.transcribe([long_audio], timestamps=True, max_chunk_seconds=LIMIT, max_new_tokens=TOKENS,
+                                segmentation="fixed")[0]
     d = json.loads(json.dumps(out.to_dict()))
     assert set(d) == {"text", "duration", "segments"}
     assert [(s["start"], s["end"], s["text"]) for s in d["segments"]] == [(s.start, s.end, s.text)
@@ -182,9 +183,9 @@ def test_transcript_serialisation(tiny_model, long_audio):
 def test_subtitle_time_format_over_an_hour():
     from nemo_lite.transcription import Segment, Transcript
 
-    t = Transcript("a b", [Segment(0.0, 3723.4567, "a\n\nb")], 3723.4567)
-    assert t.to_srt() == "1\n00:00:00,000 --> 01:02:03,457\na b\n\n"
-    assert t.to_vtt() == "WEBVTT\n\n00:00:00.000 --> 01:02:03.457\na b\n\n"
+    t = Transcript("a b", [Segment(3720.0, 3723.4567, "a\n\nb")], 3723.4567)
+    assert t.to_srt() == "1\n01:02:00,000 --> 01:02:03,457\na b\n\n"
+    assert t.to_vtt() == "WEBVTT\n\n01:02:00.000 --> 01:02:03.457\na b\n\n"
 
 
 # ---------------------------------------------------------------------- files: scanned once, read per window
@@ -231,7 +232,7 @@ def test_16k_file_windows_equal_slices_of_the_loaded_array(long_wav):
 
 
 def test_16k_file_transcribes_like_the_loaded_array(tiny_model, long_wav, monkeypatch):
-    kwargs = dict(timestamps=True, max_chunk_seconds=LIMIT, max_new_tokens=TOKENS, batch_size=2)
+    kwargs = dict(timestamps=True, max_chunk_seconds=LIMIT, max_new_tokens=TOKENS, batch_size=2, segmentation="fixed")
     in_memory = tiny_model.transcribe(load_audio(long_wav), **kwargs)
     monkeypatch.setattr(transcription, "load_audio", None)  # a long file must not be loaded whole
     from_file = tiny_model.transcribe(str(long_wav), **kwargs)
@@ -243,7 +244,7 @@ def test_44k_stereo_file_segments_cover_it_in_order(tiny_model, tmp_path, long_a
     path = tmp_path / "stereo.flac"
     x = soxr.resample(long_audio, SR, 44100, quality="HQ")
     write_blocks(path, np.stack([x, 0.5 * x], axis=1), 44100, subtype="PCM_24")
-    kwargs = dict(timestamps=True, max_chunk_seconds=LIMIT, max_new_tokens=TOKENS, batch_size=3)
+    kwargs = dict(timestamps=True, max_chunk_seconds=LIMIT, max_new_tokens=TOKENS, batch_size=3, segmentation="fixed")
     out = tiny_model.transcribe(path, **kwargs)
     segs = out.segments
     assert len(segs) >= 21 / LIMIT
