@@ -8,7 +8,9 @@ the input.
 
 A file can also be wrapped as :class:`FileAudio` and decoded in passes of small blocks (:meth:`FileAudio.pieces`),
 each giving exactly the samples :func:`load_audio` would: :mod:`nemo_lite.longform` uses this to transcribe long
-recordings without holding them.
+recordings without holding them. :meth:`FileAudio.slice` is a part of a file (NeMo manifests' ``offset`` and
+``duration``, in seconds): only that part is decoded, from a seek at the file's own rate, and it is mixed down and
+resampled like a whole file (so it equals :func:`load_audio` of the cut array at the file's rate).
 
 Clips shorter than :data:`MIN_SAMPLES` are not rejected here; :func:`pad_to_minimum` zero-pads them for the model
 (see its docstring for why). :data:`AUDIO_EXTENSIONS` lists what a directory scan picks up.
@@ -52,6 +54,8 @@ class AudioError(ValueError):
 
 def describe(item: Any) -> str:
     """A short name for an input, for error messages and reports."""
+    if isinstance(item, FileAudio):
+        return item.name
     if isinstance(item, (str, os.PathLike)):
         return str(item)
     if isinstance(item, bytes):
@@ -96,8 +100,9 @@ def _check_finite(x: np.ndarray, name: str) -> None:
             raise AudioError(f"{name}: audio contains NaN or infinite samples")
 
 
-def _pieces(f: Any, name: str, block: int) -> Iterator[np.ndarray]:
-    """An open ``soundfile.SoundFile`` -> float32 mono 16 kHz pieces, front to back, ``block`` frames at a time.
+def _pieces(f: Any, name: str, block: int, frames: int = -1) -> Iterator[np.ndarray]:
+    """An open ``soundfile.SoundFile`` -> float32 mono 16 kHz pieces, front to back, ``block`` frames at a time,
+    from its current position to the end (or ``frames`` frames at the file's rate, when not -1).
 
     Each block is mixed down (channel mean), checked for NaN/inf and fed to soxr's streaming resampler, whose
     output is bit-identical to :func:`soxr.resample` on the whole signal whatever the block size; so is the mix-down
@@ -107,8 +112,8 @@ def _pieces(f: Any, name: str, block: int) -> Iterator[np.ndarray]:
 
     rate = int(f.samplerate)
     stream = None if rate == SAMPLE_RATE else soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
-    for frames in f.blocks(blocksize=block, dtype="float32", always_2d=True):  # (frames, channels), a fresh copy
-        mono = frames.mean(axis=1) if frames.shape[1] > 1 else frames[:, 0]  # (frames,)
+    for data in f.blocks(blocksize=block, frames=frames, dtype="float32", always_2d=True):  # (frames, channels)
+        mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]  # (frames,)
         _check_finite(mono, name)
         yield stream.resample_chunk(mono) if stream else mono
     if stream is not None:
@@ -152,10 +157,24 @@ class FileAudio:
     source: Any  # a path (str), bytes, or a seekable binary file object (read from ``offset`` each pass)
     name: str  # the input as error messages name it (:func:`describe`)
     offset: int = 0  # a file object's position when handed over: where its audio begins
+    start_seconds: float = 0.0  # a slice: where it starts in the audio (NeMo manifest ``offset``)
+    seconds: float | None = None  # a slice: how long it is (NeMo manifest ``duration``); None: to the end
+
+    @classmethod
+    def slice(cls, path: str | os.PathLike, offset: float, duration: float | None = None) -> FileAudio:
+        """Part of an audio file: ``duration`` seconds (None: the rest) from ``offset`` seconds, as NeMo manifests
+        give it. Passes seek to ``round(offset * rate)`` at the file's own rate and read ``round(duration * rate)``
+        frames (lhotse, which NeMo's manifests go through, rounds seconds to samples the same way); the samples are
+        those :func:`load_audio` gives for that cut of the file's frames. Checked when a pass opens the file."""
+        span = f"{offset:g} s" + ("" if duration is None else f" + {duration:g} s")
+        return cls(os.fspath(path), f"{describe(path)} [{span}]", start_seconds=float(offset),
+                   seconds=None if duration is None else float(duration))
 
     @classmethod
     def of(cls, item: AudioInput) -> FileAudio | None:
         """``item`` as a re-readable file, or None for arrays, tensors and unseekable streams (loaded whole)."""
+        if isinstance(item, FileAudio):
+            return item
         if isinstance(item, (str, os.PathLike)):
             return cls(os.fspath(item), describe(item))
         if isinstance(item, (bytes, bytearray)):
@@ -182,11 +201,27 @@ class FileAudio:
             src = self.source
         try:
             with sf.SoundFile(src) as f:
-                yield from _pieces(f, self.name, block)
+                yield from _pieces(f, self.name, block, self._seek(f))
         except AudioError:
             raise
         except Exception as err:  # as in _decode
             raise AudioError(f"{self.name}: cannot decode audio ({err})") from err
+
+    def _seek(self, f: Any) -> int:
+        """For a slice, seek an open ``SoundFile`` to its start; returns the frames to read (-1: to the end)."""
+        if self.start_seconds == 0.0 and self.seconds is None:
+            return -1
+        if not (np.isfinite(self.start_seconds) and self.start_seconds >= 0):
+            raise AudioError(f"{self.name}: offset must be a number of seconds >= 0")
+        if self.seconds is not None and not (np.isfinite(self.seconds) and self.seconds > 0):
+            raise AudioError(f"{self.name}: duration must be a number of seconds > 0")
+        rate = int(f.samplerate)
+        start = int(round(self.start_seconds * rate))
+        if 0 <= f.frames < UNKNOWN_FRAMES and start >= f.frames:
+            raise AudioError(f"{self.name}: offset is past the end of the audio ({f.frames / rate:g} s)")
+        if start:
+            f.seek(start)
+        return -1 if self.seconds is None else max(1, int(round(self.seconds * rate)))
 
 
 def _append(out: np.ndarray, n: int, piece: np.ndarray) -> tuple[np.ndarray, int]:
@@ -214,7 +249,9 @@ def _from_array(item: Any, name: str) -> np.ndarray:
 def load_audio(item: AudioInput, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """One input -> float32 mono array at 16 kHz. ``sample_rate`` is the rate of array/tensor inputs."""
     name = describe(item)
-    if isinstance(item, (str, os.PathLike)):
+    if isinstance(item, FileAudio):
+        data = np.concatenate([np.zeros(0, np.float32), *item.pieces(BLOCK)])
+    elif isinstance(item, (str, os.PathLike)):
         data = _decode(item, name)
     elif isinstance(item, (bytes, bytearray)):
         data = _decode(io.BytesIO(item), name)
@@ -246,6 +283,12 @@ def pad_to_minimum(audio: np.ndarray) -> np.ndarray:
     if len(audio) >= MIN_SAMPLES:
         return audio
     return np.pad(audio, (0, MIN_SAMPLES - len(audio)))  # (MIN_SAMPLES,)
+
+
+def audio_files(root: Path) -> list[Path]:
+    """Audio files under ``root`` (recursive, by :data:`AUDIO_EXTENSIONS`, hidden files skipped), sorted by path."""
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS
+                  and not any(part.startswith(".") for part in p.relative_to(root).parts))
 
 
 def probe_duration(path: str | os.PathLike) -> float | None:

@@ -12,6 +12,9 @@ traceback.
 
 Output: with ``--output-dir``, one file per input named after its stem (``.txt``, ``.json`` with text, duration and
 segments, ``.srt`` or ``.vtt``); otherwise to stdout (json: one JSON object a line, with ``audio_filepath``).
+With ``--output-manifest OUT.jsonl``, one NeMo-style line per input (its manifest fields + ``pred_text``, honouring
+``offset``/``duration`` slices), written as inputs finish and resumable; also the mode for ``torchrun`` and
+``--ray`` (see :mod:`nemo_lite.corpus` and :mod:`nemo_lite.ray_runner`).
 Progress: a tqdm bar in audio seconds on stderr, then one line with total audio, wall time and RTFx.
 """
 
@@ -21,22 +24,18 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .audio import AUDIO_EXTENSIONS, probe_duration
+from .audio import AUDIO_EXTENSIONS, audio_files, probe_duration
+from .corpus import MANIFEST_SUFFIXES, groups, read_manifest_lines, torchrun_env
 
 if TYPE_CHECKING:
     from .speechlm import SpeechLM
     from .transcription import Transcript
 
 DEFAULT_MODEL = "nvidia/canary-qwen-2.5b"
-GROUP_SECONDS = 1800.0  # audio per group of files checked together: at most 30 min = 115 MB of float32 at 16 kHz
-# held (files longer than one window hold none)
-GROUP_FILES = 256  # files per group at most
-MANIFEST_SUFFIXES = (".json", ".jsonl")
 FORMATS = ("txt", "json", "srt", "vtt")
 EXIT_OK, EXIT_BAD_INPUT, EXIT_SETUP = 0, 1, 2
 
@@ -51,25 +50,12 @@ class Job:
 # ---------------------------------------------------------------------- inputs
 def read_manifest(path: Path) -> list[tuple[Path, float | None]]:
     """NeMo manifest entries ``(audio path, duration)``: JSON lines, or one JSON list of objects."""
-    text = path.read_text(encoding="utf-8")
-    try:
-        whole = json.loads(text)
-        entries = whole if isinstance(whole, list) else [whole]
-    except json.JSONDecodeError:
-        entries = [json.loads(line) for line in text.splitlines() if line.strip()]
-    out = []
-    for n, entry in enumerate(entries, 1):
-        if not isinstance(entry, dict) or "audio_filepath" not in entry:
-            raise ValueError(f"{path}: entry {n} has no 'audio_filepath'")
-        audio = Path(entry["audio_filepath"]).expanduser()
-        out.append((audio if audio.is_absolute() else path.parent / audio, entry.get("duration")))
-    return out
+    return [(Path(audio), fields.get("duration")) for fields, audio in read_manifest_lines(path)]
 
 
 def scan_dir(root: Path) -> list[Path]:
     """Audio files under ``root`` (recursive, by extension, hidden files skipped), sorted by path."""
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS
-                  and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    return audio_files(root)
 
 
 def collect_jobs(inputs: list[str], errors: list[str]) -> list[Job]:
@@ -99,20 +85,6 @@ def collect_jobs(inputs: list[str], errors: list[str]) -> list[Job]:
         seconds = float(duration) if duration is not None else (probe_duration(path) or 0.0)
         jobs.append(Job(path, seconds, stem))
     return jobs
-
-
-def groups(jobs: list[Job]) -> Iterator[list[Job]]:
-    """Consecutive jobs up to ``GROUP_SECONDS`` of audio or ``GROUP_FILES`` files (a longer file goes alone)."""
-    group: list[Job] = []
-    total = 0.0
-    for job in jobs:
-        if group and (total + job.duration > GROUP_SECONDS or len(group) >= GROUP_FILES):
-            yield group
-            group, total = [], 0.0
-        group.append(job)
-        total += job.duration
-    if group:
-        yield group
 
 
 # ---------------------------------------------------------------------- outputs
@@ -145,6 +117,12 @@ def emit(job: Job, transcript: Transcript, args: argparse.Namespace, several: bo
 
 
 # ---------------------------------------------------------------------- commands
+def model_kwargs(args: argparse.Namespace) -> dict:
+    """``from_pretrained`` keyword arguments from the model flags (``device`` None: the machine's default)."""
+    return dict(device=args.device, dtype=args.dtype, llm_path=args.llm_path, quantize=args.quantize,
+                merge_lora=args.merge_lora or None, encoder_dtype=args.encoder_dtype, compile=args.compile or None)
+
+
 def load_model(args: argparse.Namespace) -> SpeechLM | None:
     """The model (either design, detected from the checkpoint), or None after printing why it cannot be loaded
     (CheckpointError/ConfigError carry the fix)."""
@@ -154,9 +132,7 @@ def load_model(args: argparse.Namespace) -> SpeechLM | None:
     from .weights import CheckpointError
 
     try:
-        return from_pretrained(args.model, device=args.device or default_device(), dtype=args.dtype,
-                               llm_path=args.llm_path, quantize=args.quantize, merge_lora=args.merge_lora or None,
-                               encoder_dtype=args.encoder_dtype, compile=args.compile or None)
+        return from_pretrained(args.model, **(model_kwargs(args) | {"device": args.device or default_device()}))
     except (CheckpointError, ConfigError) as err:  # their messages say what to do
         print(f"nemo-lite: cannot load model {args.model!r}: {err}", file=sys.stderr)
         return None
@@ -171,6 +147,8 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     from .longform import ChunkOptions
     from .transcription import TranscribeOptions, load_all, transcribe_arrays
 
+    if args.output_manifest or args.ray or torchrun_env()[1] > 1:
+        return corpus_job(args)
     errors: list[str] = []
     jobs = collect_jobs(args.inputs, errors)
     for msg in errors:
@@ -211,6 +189,30 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
           f"wall time, RTFx {audio_seconds / max(wall, 1e-9):.1f}"
           + (f"; {bad} input(s) failed" if bad else ""), file=sys.stderr)
     return EXIT_BAD_INPUT if bad else EXIT_OK
+
+
+def corpus_job(args: argparse.Namespace) -> int:
+    """``--output-manifest`` (one process, or a torchrun rank) and ``--ray``: the runners of :mod:`nemo_lite.corpus`
+    and :mod:`nemo_lite.ray_runner`."""
+    problem = None
+    if not args.output_manifest:
+        problem = "torchrun and --ray write an output manifest: add --output-manifest OUT.jsonl"
+    elif args.output_dir:
+        problem = "--output-manifest and --output-dir: choose one"
+    elif args.ray and torchrun_env()[1] > 1:
+        problem = "--ray and torchrun: choose one"
+    elif args.workers < 1:
+        problem = "--workers must be >= 1"
+    if problem:
+        print(f"nemo-lite: {problem}", file=sys.stderr)
+        return EXIT_SETUP
+    if args.ray:
+        from .ray_runner import run_ray
+
+        return run_ray(args, model_kwargs(args))
+    from .corpus import run_corpus
+
+    return run_corpus(args, load_model)
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
@@ -274,6 +276,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "fixed: contiguous windows cut at quiet points. Default: vad for long input and for "
                         "json/srt/vtt or --timestamps, else one pass for clips within the window")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--output-manifest", metavar="OUT.jsonl",
+                   help="write one JSON line per input (its manifest fields + pred_text, or error) as inputs finish; "
+                        "run again to resume (finished inputs are skipped, failed ones retried); manifests' "
+                        "offset/duration slices are honoured; needed under torchrun and with --ray")
+    t.add_argument("--overwrite", action="store_true", help="--output-manifest: start afresh instead of resuming")
+    t.add_argument("--ray", action="store_true", help="transcribe on a Ray cluster (pip install 'nemo-lite[ray]')")
+    t.add_argument("--ray-address", help="Ray cluster to join (e.g. 10.0.0.1:6379 or auto); default: a local one")
+    t.add_argument("--workers", type=int, default=1, help="--ray: model replicas (actors), each with one GPU "
+                   "when --device is cuda or the cluster has GPUs (default %(default)s)")
     t.set_defaults(func=cmd_transcribe)
     c = sub.add_parser("chat", help="ask the LLM (LoRA adapter off) a question, e.g. about a transcript")
     c.add_argument("prompt")
