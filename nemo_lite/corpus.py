@@ -411,27 +411,41 @@ def _run(args: argparse.Namespace, load_model: Callable[[argparse.Namespace], Sp
         say(note)
     finished = {i for i, line in previous.items() if "error" not in line}
     todo = shard([e for e in entries if e.index not in finished], world, rank)
-    ran, seconds, t0 = 0, 0.0, time.perf_counter()
+    ran, seconds, wall = 0, 0.0, 0.0
     if todo:
         model = load_model(argparse.Namespace(**{**vars(args), "device": rank_device(args.device, local, world)}))
         if model is None:
             return EXIT_SETUP
-        ran, seconds = _transcribe_share(model, todo, args, out if world == 1 else out.with_name(
-            out.name + PART + str(rank)), rank, world)
-    _barrier(world)  # every journal is complete
+        journal = out if world == 1 else out.with_name(out.name + PART + str(rank))
+        ran, seconds, wall = _transcribe_share(model, todo, args, journal, rank, world)
+    ran, seconds, wall = _totals(world, ran, seconds, wall)  # also a barrier: every journal is complete
     if rank != 0:
         return EXIT_OK
     lines = collect(entries, read_lines([out, *parts(out)]))
     if len(lines) == len(entries):
         finalize(out, entries, lines)
-    text, code = summary(out, lines, entries, ran, seconds, time.perf_counter() - t0)
+    text, code = summary(out, lines, entries, ran, seconds, wall)
     say(text)
     return EXIT_BAD_INPUT if errors else code
 
 
+def _totals(world: int, ran: int, seconds: float, wall: float) -> tuple[int, float, float]:
+    """Inputs and audio seconds summed over the ranks, the longest wall time."""
+    if world == 1:
+        return ran, seconds, wall
+    import torch
+    import torch.distributed as dist
+
+    sums = torch.tensor([ran, seconds], dtype=torch.float64)
+    longest = torch.tensor([wall], dtype=torch.float64)
+    dist.all_reduce(sums)
+    dist.all_reduce(longest, op=dist.ReduceOp.MAX)
+    return int(sums[0]), float(sums[1]), float(longest[0])
+
+
 def _transcribe_share(model: SpeechLM, todo: list[Entry], args: argparse.Namespace, journal_path: Path, rank: int,
-                      world: int) -> tuple[int, float]:
-    """This process's inputs into its journal, with a progress bar; ``(inputs done, audio seconds)``."""
+                      world: int) -> tuple[int, float, float]:
+    """This process's inputs into its journal, with a progress bar; ``(inputs done, audio seconds, wall time)``."""
     from tqdm import tqdm
 
     opts = transcribe_options(model, args.batch_size, args.max_new_tokens, args.max_chunk_seconds, args.segmentation)
@@ -447,12 +461,13 @@ def _transcribe_share(model: SpeechLM, todo: list[Entry], args: argparse.Namespa
     bar = tqdm(total=round(sum(e.duration for e in todo), 2), unit="s", desc=desc, file=sys.stderr,
                disable=args.quiet, position=rank if world > 1 else None,
                bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s audio [{elapsed}<{remaining}]")
+    t0 = time.perf_counter()
     try:
         transcribe_entries(model, todo, opts, args.timestamps, write, progress=lambda s: bar.update(round(s, 3)))
     finally:
         bar.close()
         journal.close()
-    return int(done[0]), float(done[1])
+    return int(done[0]), float(done[1]), time.perf_counter() - t0
 
 
 __all__ = ["Entry", "Journal", "collect", "finalize", "groups", "output_line", "read_entries", "run_corpus", "shard",

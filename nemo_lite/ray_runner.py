@@ -152,7 +152,7 @@ def run_ray(args: argparse.Namespace, model_kwargs: dict) -> int:
         print(note, file=sys.stderr)
     finished = {i for i, line in previous.items() if "error" not in line}
     todo = sorted((e for e in entries if e.index not in finished), key=lambda e: (-e.duration, e.index))
-    ran, seconds, t0 = 0, 0.0, time.perf_counter()
+    ran, seconds, t0 = 0, 0.0, time.perf_counter()  # wall time: cluster start and model loads included
     if todo:
         ray.init(address=args.ray_address, include_dashboard=False)
         try:
