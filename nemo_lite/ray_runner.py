@@ -183,13 +183,14 @@ def _stream(ray: Any, todo: list[Entry], entries: list[Entry], args: argparse.Na
             max_new_tokens=args.max_new_tokens, max_chunk_seconds=args.max_chunk_seconds,
             segmentation=args.segmentation, timestamps=args.timestamps, threads=threads or 1))
     written: set[int] = set()
-    seconds = 0.0
+    seconds, twice = 0.0, 0
     try:
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             lines = []
             for row in _rows(batch):
                 i = int(row[INDEX])
                 if i in written:  # a retried batch delivered it again
+                    twice += 1
                     continue
                 written.add(i)
                 lines.append(_line(entries[i], row, args.timestamps))
@@ -197,6 +198,8 @@ def _stream(ray: Any, todo: list[Entry], entries: list[Entry], args: argparse.Na
             journal.write(lines)
     finally:
         journal.close()
+    if twice:
+        print(f"nemo-lite: {twice} result(s) delivered again by retried batches, written once", file=sys.stderr)
     return len(written), seconds
 
 
