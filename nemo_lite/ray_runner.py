@@ -157,6 +157,11 @@ def run_ray(args: argparse.Namespace, model_kwargs: dict) -> int:
         ray.init(address=args.ray_address, include_dashboard=False)
         try:
             ran, seconds = _stream(ray, todo, entries, args, model_kwargs, Journal(out))
+        except Exception as err:  # Ray wraps a worker's error (e.g. a model it cannot load) in its own types
+            last = [line for line in str(err).splitlines() if line.strip()][-1:] or [type(err).__name__]
+            print(f"nemo-lite: the Ray job stopped: {last[0].strip()}\nnemo-lite: {out} keeps the finished inputs; "
+                  "run the command again to resume", file=sys.stderr)
+            return EXIT_SETUP
         finally:
             ray.shutdown()
     lines = previous_results(out, entries)

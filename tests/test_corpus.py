@@ -3,10 +3,13 @@ giving the same file as one process (issue 14)."""
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -260,19 +263,50 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
+@pytest.fixture
+def ray_cluster():
+    """A 2-CPU Ray head on this machine, started as a user starts one for ``--ray-address`` (``ray start --head``,
+    here with ``--block`` in its own process group, stopped with the group; its workers exit with its raylet).
+    Drivers reach it at 127.0.0.1 (Ray resolves that to the node's address) with its token (``RAY_AUTH_MODE``)."""
+    if importlib.util.find_spec("ray") is None:
+        pytest.skip("Ray is not installed (pip install 'nemo-lite[ray]')")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ray = str(Path(sys.executable).parent / "ray")
+    head = subprocess.Popen([ray, "start", "--head", "--block", "--port", str(port), "--num-cpus", "2", "--num-gpus",
+                             "0", "--include-dashboard", "false"],
+                            env=_env(), start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 120:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert head.poll() is None, "ray start failed"
+            time.sleep(0.2)
+        yield head, f"127.0.0.1:{port}"  # resolved by Ray to this node's address
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(head.pid, sig)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                head.wait(timeout=5)
+
+
 @pytest.mark.slow
-def test_ray_two_workers_one_killed_write_the_same_file(manifest, reference, tiny_ckpt, tmp_path):
-    """A local 2-actor Ray cluster (started and stopped by the driver); one actor is killed with SIGKILL after the
-    first results: Ray restarts it and retries its batch, the driver writes each input once."""
-    pytest.importorskip("ray.data")
+def test_ray_two_workers_one_killed_write_the_same_file(manifest, reference, tiny_ckpt, tmp_path, ray_cluster):
+    """Two actors on a cluster started with ``ray start --head`` (``--ray-address``); one actor is killed with
+    SIGKILL after the first results: Ray restarts it and retries its batch, the driver writes each input once."""
+    head, address = ray_cluster
     out, log = tmp_path / "out.jsonl", tmp_path / "driver.log"
     with open(log, "w") as stderr:
-        proc = subprocess.Popen([sys.executable, *_command(manifest, tiny_ckpt, out, "--ray", "--workers", "2",
-                                                           "--batch-size", "1")],
-                                env=_env(), stdout=subprocess.DEVNULL, stderr=stderr)
+        proc = subprocess.Popen([sys.executable, *_command(manifest, tiny_ckpt, out, "--ray", "--ray-address", address,
+                                                           "--workers", "2", "--batch-size", "1")],
+                                env=_env() | {"RAY_AUTH_MODE": "token"}, stdout=subprocess.DEVNULL, stderr=stderr)
     try:
         _wait_for_lines(proc, out, 1, limit=200)
-        workers = [p for p in _descendants(proc.pid) if "MapWorker" in _cmdline(p)]
+        workers = [p for p in _descendants(head.pid) if "MapWorker" in _cmdline(p)]
         assert workers, "no Ray actor found"
         os.kill(workers[0], signal.SIGKILL)
         proc.wait(timeout=240)
