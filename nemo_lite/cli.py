@@ -3,7 +3,8 @@
 
 ``nemo-lite transcribe`` takes audio files, directories (scanned recursively for :data:`AUDIO_EXTENSIONS`) and
 NeMo-style manifests (``.json``/``.jsonl``, one JSON object a line with ``audio_filepath``; relative paths resolve
-against the manifest's folder; ``duration`` only sizes the progress bar, ``offset`` is not supported). Files are
+against the manifest's folder; a line with ``offset`` is that slice of its file, ``duration`` long (to the end
+without one); otherwise ``duration`` only sizes the progress bar). Files are
 processed in groups of bounded total duration so a large folder never sits in memory at once; a file longer than
 one window is never held whole (it is scanned, then decoded window by window, see :mod:`nemo_lite.longform`).
 A bad file is reported by name on stderr and the rest are still transcribed; the exit code is then 1. A model that
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .audio import AUDIO_EXTENSIONS, audio_files, probe_duration
+from .audio import AUDIO_EXTENSIONS, FileAudio, audio_files, probe_duration
 from .corpus import MANIFEST_SUFFIXES, groups, read_manifest_lines, torchrun_env
 
 if TYPE_CHECKING:
@@ -45,12 +46,24 @@ class Job:
     path: Path  # the audio file
     duration: float  # seconds, from the manifest or the file header (0 when unknown)
     out_stem: str  # output file name without suffix
+    offset: float | None = None  # a manifest slice: its start (seconds); None: the whole file
+    length: float | None = None  # a manifest slice: its duration (seconds; None: to the end)
+
+    @property
+    def audio(self) -> str | FileAudio:
+        """What is decoded: the file, or the slice of it."""
+        return str(self.path) if self.offset is None else FileAudio.slice(self.path, self.offset, self.length)
 
 
 # ---------------------------------------------------------------------- inputs
-def read_manifest(path: Path) -> list[tuple[Path, float | None]]:
-    """NeMo manifest entries ``(audio path, duration)``: JSON lines, or one JSON list of objects."""
-    return [(Path(audio), fields.get("duration")) for fields, audio in read_manifest_lines(path)]
+def read_manifest(path: Path) -> list[tuple[Path, float | None, float | None]]:
+    """NeMo manifest entries ``(audio path, duration, offset)``: JSON lines, or one JSON list of objects."""
+    out = []
+    for fields, audio in read_manifest_lines(path):
+        duration, offset = fields.get("duration"), fields.get("offset")
+        out.append((Path(audio), None if duration is None else float(duration),
+                    None if offset is None else float(offset)))
+    return out
 
 
 def scan_dir(root: Path) -> list[Path]:
@@ -60,30 +73,30 @@ def scan_dir(root: Path) -> list[Path]:
 
 def collect_jobs(inputs: list[str], errors: list[str]) -> list[Job]:
     """Expand files, directories and manifests into jobs with unique output stems; problems go to ``errors``."""
-    found: list[tuple[Path, float | None]] = []
+    found: list[tuple[Path, float | None, float | None]] = []
     for arg in inputs:
         path = Path(arg).expanduser()
         if path.is_dir():
             files = scan_dir(path)
             if not files:
                 errors.append(f"{arg}: no audio files ({', '.join(sorted(AUDIO_EXTENSIONS))}) in this directory")
-            found += [(f, None) for f in files]
+            found += [(f, None, None) for f in files]
         elif path.suffix.lower() in MANIFEST_SUFFIXES and path.is_file():
             try:
                 found += read_manifest(path)
-            except (ValueError, OSError) as err:
+            except (ValueError, TypeError, OSError) as err:
                 errors.append(f"{arg}: cannot read manifest ({err})")
         else:
-            found.append((path, None))  # missing or bad files are reported when loaded
+            found.append((path, None, None))  # missing or bad files are reported when loaded
     jobs, used = [], set()
-    for path, duration in found:
+    for path, duration, offset in found:
         stem, k = path.stem, 1
         while stem in used:  # a/x.wav and b/x.wav: x, x_2
             k += 1
             stem = f"{path.stem}_{k}"
         used.add(stem)
-        seconds = float(duration) if duration is not None else (probe_duration(path) or 0.0)
-        jobs.append(Job(path, seconds, stem))
+        seconds = duration if duration is not None else (probe_duration(path) or 0.0)
+        jobs.append(Job(path, seconds, stem, offset, duration if offset is not None else None))
     return jobs
 
 
@@ -170,7 +183,7 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     bar = tqdm(total=round(sum(j.duration for j in jobs), 2), unit="s", desc="transcribing", file=sys.stderr,
                disable=args.quiet, bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s audio [{elapsed}<{remaining}]")
     for group in groups(jobs):
-        loaded, failures = load_all([str(j.path) for j in group], opts.sample_rate, opts.chunk, vad)
+        loaded, failures = load_all([j.audio for j in group], opts.sample_rate, opts.chunk, vad)
         for i, msg in failures:
             bar.write(f"nemo-lite: skipped {msg}", file=sys.stderr)
             bar.update(group[i].duration)

@@ -114,6 +114,17 @@ def test_slices_equal_the_cut_array(manifest, reference, tiny_model):
     assert np.array_equal(loaded[0].read(0, loaded[0].length), load_audio(native[132300:132300 + 242550], rate))
 
 
+def test_plain_transcribe_honours_slices(manifest, reference, tiny_ckpt, tmp_path, capsys):
+    """Without --output-manifest too, a manifest line with offset/duration is that slice of its file."""
+    slices = [line for line in read(manifest) if "offset" in line][:2]
+    small = tmp_path / "slices.jsonl"
+    small.write_text("".join(json.dumps(line | {"audio_filepath": str(manifest.parent / line["audio_filepath"])})
+                             + "\n" for line in slices))
+    assert run_cli([str(small), "--model", str(tiny_ckpt)]) == 0
+    texts = [line.split("\t", 1)[1] for line in capsys.readouterr().out.splitlines()]
+    assert texts == [line.get("pred_text") for line in read(reference) if "offset" in line][:2]
+
+
 def test_finished_inputs_are_handed_over_per_decoding_batch(tiny_model):
     """transcribe_arrays' on_done: after each decoding batch, the inputs whose last window it decoded."""
     rng = np.random.default_rng(1)
