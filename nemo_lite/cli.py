@@ -295,7 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "offset/duration slices are honoured; needed under torchrun and with --ray")
     t.add_argument("--overwrite", action="store_true", help="--output-manifest: start afresh instead of resuming")
     t.add_argument("--ray", action="store_true", help="transcribe on a Ray cluster (pip install 'nemo-lite[ray]')")
-    t.add_argument("--ray-address", help="Ray cluster to join (e.g. 10.0.0.1:6379 or auto); default: a local one")
+    t.add_argument("--ray-address", help="Ray cluster to join (HOST:6379, or auto: the one 'ray start' began on "
+                   "this machine); default: RAY_ADDRESS, else a new local cluster for this command")
     t.add_argument("--workers", type=int, default=1, help="--ray: model replicas (actors), each with one GPU "
                    "when --device is cuda or the cluster has GPUs (default %(default)s)")
     t.set_defaults(func=cmd_transcribe)

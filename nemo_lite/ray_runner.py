@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -129,6 +130,13 @@ def _line(e: Entry, row: dict, timestamps: bool) -> dict:
     return output_line(e.fields, Transcript(row["pred_text"], segments, row["duration"]), timestamps=timestamps)
 
 
+def cluster_address(given: str | None) -> str:
+    """Where the driver runs: ``--ray-address`` (``auto``: the cluster ``ray start`` began on this machine), else
+    ``RAY_ADDRESS``, else a new local cluster. Ray's own default (None) would join whatever cluster ``ray start``
+    last recorded in its temp folder, and wait for one that has since been stopped without ``ray stop``."""
+    return given or os.environ.get("RAY_ADDRESS") or "local"
+
+
 def run_ray(args: argparse.Namespace, model_kwargs: dict) -> int:
     """``nemo-lite transcribe ... --ray --output-manifest OUT``: the driver (module docstring); the exit code."""
     try:
@@ -154,7 +162,7 @@ def run_ray(args: argparse.Namespace, model_kwargs: dict) -> int:
     todo = sorted((e for e in entries if e.index not in finished), key=lambda e: (-e.duration, e.index))
     ran, seconds, t0 = 0, 0.0, time.perf_counter()  # wall time: cluster start and model loads included
     if todo:
-        ray.init(address=args.ray_address, include_dashboard=False)
+        ray.init(address=cluster_address(args.ray_address), include_dashboard=False)
         try:
             ran, seconds = _stream(ray, todo, entries, args, model_kwargs, Journal(out))
         except Exception as err:  # Ray wraps a worker's error (e.g. a model it cannot load) in its own types

@@ -8,10 +8,12 @@ import importlib.util
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -285,8 +287,9 @@ def ray_cluster():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     ray = str(Path(sys.executable).parent / "ray")
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # its own (short: socket paths) temp folder: /tmp/ray untouched
     head = subprocess.Popen([ray, "start", "--head", "--block", "--port", str(port), "--num-cpus", "2", "--num-gpus",
-                             "0", "--include-dashboard", "false"],
+                             "0", "--include-dashboard", "false", "--temp-dir", temp],
                             env=_env(), start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         t0 = time.monotonic()
@@ -303,6 +306,7 @@ def ray_cluster():
                 os.killpg(head.pid, sig)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 head.wait(timeout=5)
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 @pytest.mark.slow
