@@ -183,8 +183,8 @@ def run_ray(args: argparse.Namespace, model_kwargs: dict) -> int:
 def _stream(ray: Any, todo: list[Entry], entries: list[Entry], args: argparse.Namespace, model_kwargs: dict,
             journal: Journal) -> tuple[int, float]:
     """Run the dataset and journal each result batch as it arrives, each input once; ``(inputs, seconds)``."""
-    gpus = model_kwargs.get("device") is None and ray.cluster_resources().get("GPU", 0) >= 1 or str(
-        model_kwargs.get("device") or "").startswith("cuda")
+    device = model_kwargs.get("device")
+    gpus = str(device).startswith("cuda") if device else ray.cluster_resources().get("GPU", 0) >= 1
     threads = getattr(args, "threads", None)  # the CLI's --threads, where it has one
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = not args.quiet
