@@ -179,8 +179,8 @@ def test_original_merged_checkpoint(small_parts, tmp_path, clips):
 
 
 def test_long_audio_is_cut_into_30s_windows(model, clips, monkeypatch):
-    """65 s of audio -> three windows of at most 30 s, decoded and joined in order. Also guards that WhisperLLM
-    has the ``generate_from_embeddings`` that transcription calls (its absence broke ``nemo-lite eval``)."""
+    """65 s of audio, fixed windows -> three windows of at most 30 s, decoded and joined in order. Also guards that
+    WhisperLLM has the ``generate_from_embeddings`` that transcription calls (its absence broke ``nemo-lite eval``)."""
     speech = clips["speech_long"]
     long = np.concatenate([np.tile(speech, 65 * 16000 // len(speech) + 1)])[: 65 * 16000]
     seen: list[int] = []
@@ -196,7 +196,7 @@ def test_long_audio_is_cut_into_30s_windows(model, clips, monkeypatch):
     assert callable(type(model).generate_from_embeddings)
     monkeypatch.setattr(model, "embed_audio", spy_embed)
     monkeypatch.setattr(model, "generate_from_embeddings", fake_decode)
-    text = model.transcribe(long)
+    text = model.transcribe(long, segmentation="fixed")
     assert len(seen) == 3 and max(seen) <= model.window_samples and sum(seen) == len(long)
     assert text == "a a a"
 
