@@ -91,10 +91,11 @@ class Int8Linear(nn.Module):
         if w.is_meta:
             return mod
         for rows in _row_chunks(mod.out_features, mod.in_features):
-            wf = w[rows].float()  # (n, K)
-            scale = (wf.abs().amax(1) / 127).clamp_min(1e-12).bfloat16()  # (n,) rounded before use
+            wf = w[rows].to(torch.float32, copy=True)  # (n, K), a copy: modified in place below
+            lo, hi = torch.aminmax(wf, dim=1)
+            scale = (torch.maximum(-lo, hi) / 127).clamp_min(1e-12).bfloat16()  # (n,) rounded before use
             mod.scale[rows] = scale
-            mod.weight[rows] = torch.round(wf / scale.float()[:, None]).clamp_(-127, 127).to(torch.int8)
+            mod.weight[rows] = wf.div_(scale.float()[:, None]).round_().clamp_(-127, 127).to(torch.int8)
         return mod
 
     def dequantize(self, dtype: torch.dtype = torch.float32, rows: slice = slice(None)) -> torch.Tensor:
@@ -140,38 +141,46 @@ def _nibbles(codes: torch.Tensor) -> torch.Tensor:
     return (codes[:, 0::2] | (codes[:, 1::2] << 4)).contiguous()
 
 
+def _split(rows: torch.Tensor, style: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """A block's (B, ...) rows -> the rows that go to the low and the high nibbles, (B/2, ...) each."""
+    half = rows.shape[0] // 2
+    return (rows[:half], rows[half:]) if style == "halves" else (rows[0::2], rows[1::2])
+
+
 def _to_kernel(portable: torch.Tensor, style: str, block: int) -> torch.Tensor:
-    """Portable (N, K/2) codes -> the kernel's layout (same shape and bytes, rearranged)."""
+    """Portable (N, K/2) codes -> the kernel's layout (same shape and bytes, rearranged).
+
+    Works on the nibble-packed bytes directly: for rows ``lo``/``hi`` sharing a kernel byte, the byte of an even
+    column is ``hi << 4 | lo & 15`` and of an odd one ``hi & 0xF0 | lo >> 4``, written through strided views.
+    """
     n, half_k = portable.shape
-    q = _codes(portable)  # (N, K)
+    out = torch.empty(n * half_k, dtype=torch.uint8, device=portable.device)
     full = n // block * block
-    parts = []
-    if full:
-        qf = q[:full].view(full // block, block, 2 * half_k)  # (NB, B, K)
-        lo, hi = (qf[:, :block // 2], qf[:, block // 2:]) if style == "halves" else (qf[:, 0::2], qf[:, 1::2])
-        parts.append((lo | (hi << 4)).transpose(1, 2).reshape(-1))  # (NB, K, B/2) flattened
-    if full < n:
-        qt = q[full:]  # (T, K), T a multiple of 16
-        parts.append((qt[0::2] | (qt[1::2] << 4)).t().reshape(-1))  # (K, T/2) flattened
-    return torch.cat(parts).view(n, half_k)
+    for start, stop, b, sty in ((0, full, block, style), (full, n, n - full, "pairs")):
+        if stop == start:
+            continue
+        lo, hi = _split(portable[start:stop].view(-1, b, half_k).transpose(0, 1), sty)  # (B/2, NB, K/2) each
+        dst = out[start * half_k:stop * half_k].view(-1, half_k, 2, b // 2).permute(3, 0, 1, 2)  # (B/2, NB, K/2, 2)
+        torch.bitwise_or(hi << 4, lo & 15, out=dst[..., 0])
+        torch.bitwise_or(hi & 0xF0, lo >> 4, out=dst[..., 1])
+    return out.view(n, half_k)
 
 
 def _from_kernel(packed: torch.Tensor, style: str, block: int) -> torch.Tensor:
     """Inverse of :func:`_to_kernel`."""
     n, half_k = packed.shape
-    k = 2 * half_k
     flat = packed.reshape(-1)
+    out = torch.empty(n, half_k, dtype=torch.uint8, device=packed.device)
     full = n // block * block
-    rows = []
-    if full:
-        b = flat[:full * half_k].view(full // block, k, block // 2).transpose(1, 2)  # (NB, B/2, K)
-        lo, hi = b & 15, b >> 4
-        qf = torch.cat((lo, hi), 1) if style == "halves" else torch.stack((lo, hi), 2).flatten(1, 2)  # (NB, B, K)
-        rows.append(qf.reshape(full, k))
-    if full < n:
-        b = flat[full * half_k:].view(k, (n - full) // 2).t()  # (T/2, K)
-        rows.append(torch.stack((b & 15, b >> 4), 1).flatten(0, 1))  # (T, K)
-    return _nibbles(torch.cat(rows))
+    for start, stop, b, sty in ((0, full, block, style), (full, n, n - full, "pairs")):
+        if stop == start:
+            continue
+        src = flat[start * half_k:stop * half_k].view(-1, half_k, 2, b // 2).permute(3, 0, 1, 2)  # (B/2, NB, K/2, 2)
+        even, odd = src[..., 0], src[..., 1]
+        lo, hi = _split(out[start:stop].view(-1, b, half_k).transpose(0, 1), sty)  # (B/2, NB, K/2) views
+        torch.bitwise_or(even & 15, odd << 4, out=lo)
+        torch.bitwise_or(even >> 4, odd & 0xF0, out=hi)
+    return out
 
 
 @lru_cache(maxsize=1)
@@ -216,11 +225,11 @@ class Int4Linear(nn.Module):
             return mod
         n_groups = mod.in_features // group_size
         for rows in _row_chunks(mod.out_features, mod.in_features):
-            wg = w[rows].float().view(-1, n_groups, group_size)  # (n, G, g)
-            lo, hi = wg.amin(-1), wg.amax(-1)  # (n, G)
+            wg = w[rows].to(torch.float32, copy=True).view(-1, n_groups, group_size)  # (n, G, g), a copy
+            lo, hi = torch.aminmax(wg, dim=-1)  # (n, G)
             scale = ((hi - lo) / 15).clamp_min(1e-12).bfloat16().float()
             zero = (lo + 8 * scale).bfloat16().float()
-            q = torch.round((wg - zero[..., None]) / scale[..., None] + 8).clamp_(0, 15).to(torch.uint8)
+            q = wg.sub_(zero[..., None]).div_(scale[..., None]).add_(8).round_().clamp_(0, 15).to(torch.uint8)
             mod.weight[rows] = _nibbles(q.flatten(1))
             mod.scales_and_zeros[:, rows] = torch.stack((scale, zero), -1).transpose(0, 1).bfloat16()  # (G, n, 2)
         return mod

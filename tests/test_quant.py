@@ -168,3 +168,13 @@ def test_cpu_info():
     assert isinstance(cpu.native_bf16(), bool) and isinstance(cpu.native_int8_dot(), bool)
     line = cpu.describe()
     assert "\n" not in line and "native bf16" in line
+
+
+@pytest.mark.parametrize("mode", quant.MODES)
+def test_float_layer_untouched(mode):
+    """Regression: quantizing works on the widened chunk in place, which for an fp32 layer must be a copy
+    (``Tensor.float()`` returns the weight itself), else the float model is overwritten."""
+    lin = nn.Linear(64, 32)
+    before = lin.weight.detach().clone()
+    _quantize(lin, mode)
+    assert torch.equal(lin.weight, before)
