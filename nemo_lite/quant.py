@@ -10,14 +10,14 @@ quantized model is saved to safetensors and loaded back on the meta device with 
   ``torch.ops.aten._weight_int8pack_mm`` (plain row-major int8, nothing to pack) for up to
   :data:`PACKED_MAX_ROWS` rows; above that, and on other devices, the weight is dequantized a chunk of
   output rows at a time and multiplied densely (the packed kernel has no reuse across rows: at 256 rows it is
-  2-3x slower than dequantize + fp32 GEMM on an AVX2 CPU).
+  ~1.5x slower than dequantize + fp32 GEMM on an AVX2 CPU).
 - :class:`Int4Linear`: asymmetric, group-wise along ``in_features`` (group 32/64/128/256, the kernel's set),
   ``weight`` uint8 (N, K/2) (two 4-bit codes a byte, the even column in the low nibble), ``scales_and_zeros`` bf16
   (K/group, N, 2) with ``w = (q - 8) * scale + zero``. The CPU kernel ``_weight_int4pack_mm_for_cpu`` wants the
   codes in a layout that depends on the ISA torch dispatches to (blocks of 64 output rows on AVX512, 32 on AVX2,
   16/32 elsewhere): checkpoints hold the portable form and :meth:`Int4Linear.pack` rearranges it in place with a
   few tensor ops (the layout is found once by comparing against ``_convert_weight_to_int4pack_for_cpu`` on a
-  small probe, whose own packing is a strided scalar loop, ~10x slower). ``state_dict`` always writes the
+  small probe; torch's own packer is a strided scalar loop, 4-9x slower). ``state_dict`` always writes the
   portable form.
 
 Compute dtype: the CPU kernels run in bf16 (their fp32 variants are scalar loops, 10-40x slower): activations
