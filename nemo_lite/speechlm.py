@@ -292,10 +292,10 @@ class SpeechLM(nn.Module):
             speed.merge_lora(self.llm)
             self.merged_lora = True
         if self.options.quantize:
-            speed.quantize_int8(self.llm)
+            speed.quantize(self.llm, "int4" if self.options.quantize == "int4" else "int8")
         if self.options.quantize == "int8-all":
-            speed.quantize_int8(self.audio_encoder)
-        contiguous_head_input(self.llm)  # int8 swapped the head module: give the new one the hook
+            speed.quantize(self.audio_encoder, "int8")
+        contiguous_head_input(self.llm)  # quantizing swapped the head module: give the new one the hook
         release_freed_memory()  # the load's temporaries
 
 
