@@ -166,3 +166,111 @@ def test_merged_checkpoint_with_a_missing_vision_tensor_fails(adapter, tmp_path)
     save_file(state, str(broken / shard))
     with pytest.raises(CheckpointError, match="missing"):
         wa.WhisperLLM.from_pretrained(broken)
+
+
+# ---------------------------------------------------------------------- training as the seed did it
+CLIP_TEXT = {"speech_short": "Hello world.", "speech_medium": "The quick brown fox jumps over the lazy dog.",
+             "noise": "noise", "speech_long": "too long for a 6 s window"}
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory):
+    from pathlib import Path
+
+    data = Path(__file__).resolve().parent / "data"
+    root = tmp_path_factory.mktemp("manifest")
+    lines = [json.dumps({"audio_filepath": str(data / f"{n}.wav"), "text": t}) for n, t in CLIP_TEXT.items()]
+    (root / "train.jsonl").write_text("\n".join(lines) + "\n")
+    return root / "train.jsonl"
+
+
+def _cfg(manifest, out, model_dir, **kw):
+    from nemo_lite.training.config import TrainConfig
+
+    base = {"architecture": "whisper_llm", "train_manifest": str(manifest), "output_dir": str(out),
+            "model": str(model_dir), "lr": 1e-2, "max_steps": 2, "batch_size": 2, "lora_r": 4, "lora_alpha": 8,
+            "lora_dropout": 0.0, "progress": False, "eval_manifest": str(manifest), "eval_every": 1}
+    return TrainConfig(**{**base, **kw})
+
+
+def test_seed_sample_formats(model):
+    """Stage 1: the audio span alone + transcript + eos; stage 2: the chat prompt + " " + transcript + <|im_end|>,
+    as the seed's collators tokenize them."""
+    from nemo_lite.training.loss import answer_ids, sample_parts
+
+    tok = model.tokenizer
+    prompt, kw = sample_parts(model, 1, "seed")
+    assert prompt == [model.audio_tag_id]
+    assert answer_ids(tok, "Hello world.", **kw) == tok("Hello world." + tok.eos_token, add_special_tokens=False)[
+        "input_ids"]
+    prompt, kw = sample_parts(model, 2, "seed")
+    assert prompt == model.prompt_ids(model.asr_prompt()).tolist()
+    assert answer_ids(tok, "Hello world.", **kw) == tok(" Hello world.<|im_end|>", add_special_tokens=False)[
+        "input_ids"]
+
+
+def test_two_stages_train_only_what_the_seed_trained(adapter, manifest, tmp_path, capsys):
+    """Stage 1 changes only the projector; stage 2 (from stage 1's saved model) only the projector and LoRA. The
+    Whisper encoder and the vision tower stay bit-identical to the published checkpoint. The clip over the 6 s
+    window is skipped with a count; validation picks the best step."""
+    from nemo_lite.training.loop import train
+
+    published = {k: v.clone() for k, v in wa.WhisperLLM.from_pretrained(adapter).state_dict().items()}
+    r1 = train(_cfg(manifest, tmp_path / "s1", adapter, stage=1, threads=1))
+    assert "1 training clip(s) skipped" in capsys.readouterr().err
+    log = [json.loads(line) for line in (tmp_path / "s1" / "train_log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in log if "eval_loss" in e] == [1, 2]
+    s1 = wa.WhisperLLM.from_pretrained(r1.model_dir)
+    changed = {k for k, v in s1.state_dict().items() if not torch.equal(v, published[k])}
+    assert changed == {"projector.weight"}
+    r2 = train(_cfg(manifest, tmp_path / "s2", r1.model_dir, stage=2, threads=1))
+    s2 = wa.WhisperLLM.from_pretrained(r2.model_dir)
+    ours = {k.replace(".base_layer.", ".").replace("base_model.model.", ""): v for k, v in s2.state_dict().items()}
+    changed = {k for k, v in ours.items() if "lora_" not in k and not torch.equal(v, published[k])}
+    assert changed == {"projector.weight"}
+    assert any(".language_model.layers.0.mlp.down_proj.lora_B" in k for k in ours)
+    assert not any("visual" in k and "lora_" in k for k in ours)
+
+
+def test_qlora_refused_before_any_work(manifest, tmp_path, monkeypatch):
+    """Where bitsandbytes has no 4-bit kernels for the device, training stops with the reason before loading."""
+    bnb = pytest.importorskip("bitsandbytes")
+    from nemo_lite.training.loop import train
+
+    monkeypatch.setattr(bnb, "__version__", "0.45.0")
+    cfg = _cfg(manifest, tmp_path / "q", tmp_path / "no-such-model", stage=2, quantize_base="nf4", device="cpu")
+    with pytest.raises(RuntimeError, match="no CPU 4-bit support"):
+        train(cfg)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="QLoRA at the seed's scale runs on CUDA; no GPU here")
+def test_qlora_stage2_on_gpu(adapter, manifest, tmp_path):
+    pytest.importorskip("bitsandbytes")
+    from nemo_lite.training.loop import train
+
+    result = train(_cfg(manifest, tmp_path / "q", adapter, stage=2, quantize_base="nf4", device="cuda"))
+    assert result.steps == 2 and all(np.isfinite(result.losses))
+
+
+def test_merge_export_reloads_with_the_same_ids(adapter, tmp_path, clips):
+    """A stage-2 model (random LoRA B so the merge matters) exported by ``nemo-lite export --merge-lora``: the seed's
+    4.45 key names in shards, reloadable by nemo_lite (and the stock class) with the same greedy ids."""
+    from nemo_lite.cli import main
+
+    m = wa.WhisperLLM.from_pretrained(adapter)
+    m.add_lora(r=4, lora_alpha=8, lora_dropout=0.0)
+    with torch.no_grad():
+        for name, p in m.llm.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    m.eval()
+    ids = m.generate(prompts=[BOTH], audios=[clips["speech_short"]], images=[image(2)], max_new_tokens=5)
+    m.save_pretrained(tmp_path / "trained")
+    assert main(["export", str(tmp_path / "trained"), str(tmp_path / "pub"), "--merge-lora",
+                 "--max-shard-gb", "0.05"]) == 0
+    pub = tmp_path / "pub"
+    keys = json.loads((pub / "model.safetensors.index.json").read_text())["weight_map"]
+    assert len(set(keys.values())) > 1 and "audio_projector.weight" in keys and "visual.merger.mlp.0.weight" in keys
+    assert "model.layers.0.self_attn.q_proj.weight" in keys and not any("lora" in k for k in keys)
+    back = nemo_lite.from_pretrained(pub)
+    assert back.generate(prompts=[BOTH], audios=[clips["speech_short"]], images=[image(2)], max_new_tokens=5) == ids
