@@ -24,6 +24,10 @@ longer one replaces it; ``CachePool.clear()`` frees them all. A transcription ru
 shapes, and the GPU holds one cache per row count (64 rows x 1024 positions of Qwen3-1.7B in bf16: 7.5 GB), not
 one per length. Same greedy algorithm;
 ids can differ from eager bf16 where bf16 rounding differs between fused and unfused kernels.
+
+Multimodal backbones (Qwen2-VL, :mod:`nemo_lite.vision`): ``model_inputs`` carries the expanded ``input_ids``
+and the image tensors beside ``inputs_embeds``, so the model computes its own M-RoPE positions; such a batch is
+prefilled in one forward (the chunked prefill above passes 1-D positions) and decodes eagerly.
 """
 
 from __future__ import annotations
@@ -117,14 +121,20 @@ def prefill(llm, embeds: torch.Tensor, mask: torch.Tensor, cache, chunk: int):
 
 
 def greedy(llm, embeds: torch.Tensor, mask: torch.Tensor, opts: GreedyOptions,
-           caches: CachePool | None = None) -> list[list[int]]:
+           caches: CachePool | None = None, model_inputs: dict[str, torch.Tensor] | None = None) -> list[list[int]]:
     """embeds (B, L, H) left-padded + mask (B, L) -> new ids per row.
 
     ``caches``: compiled decoding (CUDA): take a static KV cache from this pool (see the module docstring);
-    None: a fresh dynamic cache per call (eager decoding).
+    None: a fresh dynamic cache per call (eager decoding). ``model_inputs``: a multimodal backbone's extra
+    inputs (``input_ids`` (B, L) and image tensors; see the module docstring).
     """
     if opts.max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {opts.max_new_tokens}")
+    if model_inputs is not None:
+        out = llm.generate(inputs_embeds=embeds, attention_mask=mask.long(), generation_config=generation_config(opts),
+                           **model_inputs)
+        new = out[:, model_inputs["input_ids"].shape[1]:]  # (B, new): generate returns the prompt ids too
+        return [trim(row, opts.eos_id) for row in new.tolist()]
     if caches is None:
         return _greedy(llm, embeds, mask, opts, None)
     with caches.lock:
