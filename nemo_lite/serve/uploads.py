@@ -48,11 +48,12 @@ def too_large(limit: int) -> ApiError:
                     code="request_too_large")
 
 
-def check_length(request: Request, limit: int) -> None:
-    """Refuse a body whose declared length is over ``limit`` before reading it."""
+def check_length(request: Request, limit: int, shown: int | None = None) -> None:
+    """Refuse a body whose declared length is over ``limit`` before reading it (the message names ``shown``,
+    the configured limit, when ``limit`` adds room for the form's own bytes)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise too_large(limit)
+        raise too_large(shown or limit)
 
 
 async def read_form(request: Request, file_limit: int, spool: Path, file_field: str = "file") -> Form:
@@ -61,7 +62,7 @@ async def read_form(request: Request, file_limit: int, spool: Path, file_field: 
     if ctype != b"multipart/form-data" or not params.get(b"boundary"):
         raise ApiError(400, "expected a multipart/form-data body (an OpenAI transcription request)")
     limit = file_limit + FORM_SLACK
-    check_length(request, limit)
+    check_length(request, limit, file_limit)
     form, parts = Form(), _Parts(file_field, file_limit, spool)
     parser = MultipartParser(params[b"boundary"], parts.callbacks())
     read = 0
