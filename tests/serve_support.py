@@ -6,10 +6,13 @@ import re
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import numpy as np
+import pytest
 import soundfile as sf
 
 from nemo_lite.audio import SAMPLE_RATE
@@ -113,3 +116,17 @@ def write_bad_uploads(folder: Path) -> list[Path]:
     for name, data in files.items():
         (folder / name).write_bytes(data)
     return [folder / name for name in files]
+
+
+@contextmanager
+def small_budgets() -> Iterator[None]:
+    """Window token budgets of 1 token/s + 4 (at least 4) instead of 8/s + 32 (at least 128), for an in-process
+    server and the references alike: the tiny random model never stops early, so a row costs its whole budget,
+    and the budgets still differ from row to row (each row is cut to its own)."""
+    from nemo_lite import transcription
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(transcription, "TOKENS_PER_SECOND", 1)
+        mp.setattr(transcription, "TOKEN_MARGIN", 4)
+        mp.setattr(transcription, "MIN_TOKENS", 4)
+        yield

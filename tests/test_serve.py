@@ -27,6 +27,7 @@ from .serve_support import (  # noqa: E402
     DATA,
     ThreadServer,
     metric,
+    small_budgets,
     speechlike,
     write_bad_uploads,
     write_clips,
@@ -49,21 +50,7 @@ def files(tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="module")
-def small_budgets():
-    """Window token budgets of 1 token/s + 4 (at least 4) instead of 8/s + 32 (at least 128), for the server (in
-    this process) and the references alike: the tiny random model never stops early, so a row costs its whole
-    budget, and the budgets still differ from row to row (each row is cut to its own)."""
-    from nemo_lite import transcription
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(transcription, "TOKENS_PER_SECOND", 1)
-        mp.setattr(transcription, "TOKEN_MARGIN", 4)
-        mp.setattr(transcription, "MIN_TOKENS", 4)
-        yield
-
-
-@pytest.fixture(scope="module")
-def server(tiny_ckpt, one_thread, small_budgets):
+def server(tiny_ckpt, one_thread):
     from nemo_lite import CanaryQwen
     from nemo_lite.longform import ChunkOptions
     from nemo_lite.serve.app import ServeConfig, create_app
@@ -73,7 +60,7 @@ def server(tiny_ckpt, one_thread, small_budgets):
     config = ServeConfig(model_name="tiny", max_batch_size=8, batch_wait_ms=50, max_upload_mb=UPLOAD_MB, threads=1,
                          chunk=chunk)
     app = create_app(lambda: Engine(CanaryQwen.from_pretrained(tiny_ckpt), chunk), config)
-    with ThreadServer(app) as s:
+    with small_budgets(), ThreadServer(app) as s:
         yield s
 
 
@@ -413,13 +400,15 @@ def test_scheduler_fair_share_and_failure_isolation():
     assert answers == [3]
 
 
-def test_serve_help_stays_light():
-    """Building the CLI parser (``nemo-lite --help``) does not import the server's packages. (It does import
-    torch today, through ``nemo_lite.evaluate`` -> ``nemo_lite.data``; not the server's doing.)"""
-    import subprocess
-    import sys
+def test_cli_imports_the_server_lazily():
+    """``nemo-lite --help`` must not pay for FastAPI/uvicorn: cli.py imports nemo_lite.serve only inside cmd_serve."""
+    import ast
 
-    code = "import sys; from nemo_lite.cli import build_parser; build_parser(); " \
-           "print(sorted(m for m in ('fastapi', 'uvicorn', 'prometheus_client') if m in sys.modules))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    import nemo_lite.cli
+
+    tree = ast.parse(Path(nemo_lite.cli.__file__).read_text(encoding="utf-8"))
+    top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+    names = [a.name for n in top for a in n.names] + [n.module or "" for n in top if isinstance(n, ast.ImportFrom)]
+    assert not [n for n in names if "serve" in n or n in ("fastapi", "uvicorn", "prometheus_client")]
+    serve = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "cmd_serve")
+    assert any(isinstance(n, ast.ImportFrom) and n.module == "serve.server" for n in ast.walk(serve))

@@ -1,10 +1,12 @@
 """Tier 1: a server with an API key, a queue of one request and an audio-length limit — 401, 429 with
 Retry-After, 400 for too-long audio — and the web page at ``/`` in Debian's headless chromium (playwright):
 the key prompt, a file upload, the microphone path (chromium's fake device, encoded to WAV in the page), the
-SRT download and a question to the LLM. The page's screenshot is saved to docs/serve_page.png."""
+SRT download and a question to the LLM. The page's screenshot goes to $NEMO_LITE_SERVE_SCREENSHOT if set
+(docs/serve_page.png was made so), else to a temporary folder."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -15,14 +17,15 @@ pytest.importorskip("fastapi", reason="the [serve] extra (fastapi, uvicorn, ...)
 openai = pytest.importorskip("openai", reason="the openai client (test extra) is not installed")
 import httpx  # noqa: E402
 
-from .serve_support import DATA, ThreadServer, metric  # noqa: E402
+from .serve_support import DATA, ThreadServer, metric, small_budgets  # noqa: E402
 from .test_serve import assert_error  # noqa: E402
 
 KEY = "s3cret-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 CHAT_TOKENS = 16  # the server's default max_tokens here (the page sends none)
 CHROMIUM = Path("/usr/bin/chromium")
-SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "serve_page.png"
+SCREENSHOT_ENV = "NEMO_LITE_SERVE_SCREENSHOT"  # where to save the page's screenshot (docs/serve_page.png was made
+# with it); unset: a temporary folder, so a test run leaves the tree clean
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run", "--disable-sync",
                  "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]  # a fake microphone
@@ -36,7 +39,8 @@ def keyed(tiny_ckpt, one_thread):
 
     config = ServeConfig(model_name="tiny", api_key=KEY, max_queue=1, max_audio_seconds=12.0, threads=1,
                          default_chat_tokens=CHAT_TOKENS)
-    with ThreadServer(create_app(lambda: Engine(CanaryQwen.from_pretrained(tiny_ckpt)), config)) as s:
+    app = create_app(lambda: Engine(CanaryQwen.from_pretrained(tiny_ckpt)), config)
+    with small_budgets(), ThreadServer(app) as s:
         yield s
 
 
@@ -57,7 +61,7 @@ def test_key_is_required_on_v1_only(keyed):
 def test_full_queue_is_429_with_retry_after(keyed):
     url = keyed.url
     first: list[httpx.Response] = []
-    slow = {"messages": [{"role": "user", "content": "Tell me a long story."}], "max_tokens": 400}
+    slow = {"messages": [{"role": "user", "content": "Tell me a long story."}], "max_tokens": 150}
     thread = threading.Thread(target=lambda: first.append(
         httpx.post(f"{url}/v1/chat/completions", json=slow, headers=AUTH, timeout=120)))
     thread.start()
@@ -71,7 +75,7 @@ def test_full_queue_is_429_with_retry_after(keyed):
     assert int(second.headers["retry-after"]) >= 1
     thread.join(120)
     assert first[0].status_code == 200
-    assert first[0].json()["usage"]["completion_tokens"] == 400
+    assert first[0].json()["usage"]["completion_tokens"] == 150
 
 
 def test_audio_over_the_length_limit_is_400(keyed):
@@ -89,7 +93,7 @@ def test_audio_over_the_length_limit_is_400(keyed):
     assert assert_error(response, 400, "20.5 s", "--max-audio-seconds")["code"] == "audio_too_long"
 
 
-def test_page_in_headless_chromium(keyed, tiny_model):
+def test_page_in_headless_chromium(keyed, tiny_model, tmp_path):
     if not CHROMIUM.exists():
         pytest.skip(f"Debian's chromium is not installed at {CHROMIUM} (apt-get install chromium)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (test extra) is not installed")
@@ -128,7 +132,6 @@ def test_page_in_headless_chromium(keyed, tiny_model):
             question = f"Summarize this transcript.\n\nTranscript:\n{want.text}"
             assert answer == tiny_model.chat(question, max_new_tokens=CHAT_TOKENS)
             assert prompts == ["This server needs an API key:"]
-            SCREENSHOT.parent.mkdir(exist_ok=True)
-            page.screenshot(path=str(SCREENSHOT), full_page=True)
+            page.screenshot(path=os.environ.get(SCREENSHOT_ENV) or str(tmp_path / "serve_page.png"), full_page=True)
         finally:
             browser.close()

@@ -27,9 +27,9 @@ CHUNK = 10.0  # --max-chunk-seconds
 def test_sigterm_under_load_finishes_in_flight_requests_then_exits_0(tiny_ckpt, tiny_model, tmp_path, one_thread):
     from .serve_support import free_port
 
-    long = tmp_path / "long_60s.wav"
-    sf.write(str(long), speechlike(60.0, 11), SAMPLE_RATE)
-    paths = [long] + write_clips(tmp_path, 5, seed=20)
+    long = tmp_path / "long_45s.wav"
+    sf.write(str(long), speechlike(45.0, 11), SAMPLE_RATE)
+    paths = [long] + write_clips(tmp_path, 3, seed=20)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen(
@@ -70,5 +70,5 @@ def test_sigterm_under_load_finishes_in_flight_requests_then_exits_0(tiny_ckpt, 
     for path, text in zip(paths, want, strict=True):
         assert results[path].status_code == 200, log
         assert results[path].json()["text"] == text
-    assert len(results[long].json()["segments"]) >= 6  # 10 s windows cut at pauses
+    assert len(results[long].json()["segments"]) >= 5  # 10 s windows cut at pauses
     assert "Finished server process" in log

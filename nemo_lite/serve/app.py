@@ -21,9 +21,9 @@ import hmac
 import math
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -195,20 +195,21 @@ def create_app(load: Callable[[], Engine], config: ServeConfig,
         admission.enter()
         handed_over = False  # a streaming response leaves the queue when its stream ends
         try:
-            try:
-                form = await read_form(request, config.max_upload_bytes, spool)
-            except ClientDisconnect:
-                return Response(status_code=CLIENT_CLOSED)
-            try:
-                fmt, stream = _transcription_options(form)
-                planned = await _plan(form, config, pool)
-            except BaseException:
-                form.discard()
-                raise
-            inbox = Inbox()
-            job = AsrJob(planned, on_window=lambda k, text: inbox.post("window", k, text),
-                         on_error=lambda msg: inbox.post("error", msg), on_close=form.discard)
-            _submit(scheduler, job)
+            with announced(scheduler):
+                try:
+                    form = await read_form(request, config.max_upload_bytes, spool)
+                except ClientDisconnect:
+                    return Response(status_code=CLIENT_CLOSED)
+                try:
+                    fmt, stream = _transcription_options(form)
+                    planned = await _plan(form, config, pool)
+                except BaseException:
+                    form.discard()
+                    raise
+                inbox = Inbox()
+                job = AsrJob(planned, on_window=lambda k, text: inbox.post("window", k, text),
+                             on_error=lambda msg: inbox.post("error", msg), on_close=form.discard)
+                _submit(scheduler, job)
             if stream:
                 handed_over = True
                 return StreamingResponse(_stream_transcript(job, inbox, scheduler, admission, metrics),
@@ -231,24 +232,18 @@ def create_app(load: Callable[[], Engine], config: ServeConfig,
         admission.enter()
         handed_over = False
         try:
-            try:
-                body = await read_json(request, config.max_upload_bytes)
-            except ClientDisconnect:
-                return Response(status_code=CLIENT_CLOSED)
-            turns, blobs = _parse_messages(body.get("messages"), tag)
-            budget = _chat_budget(body, config)
-            audios = []
-            for where, data in blobs:
+            with announced(scheduler):
                 try:
-                    audios.append(await asyncio.get_running_loop().run_in_executor(pool, load_clip, data))
-                except AudioError as err:
-                    raise ApiError(400, f"{where}: {_strip_name(str(err))}", param=where, code="invalid_audio") \
-                        from None
-                _check_duration(len(audios[-1]) / SAMPLE_RATE, config, where)
-            inbox = Inbox()
-            job = ChatJob(ChatRow(turns, audios, budget), on_done=lambda ans: inbox.post("done", ans),
-                          on_error=lambda msg: inbox.post("error", msg))
-            _submit(scheduler, job)
+                    body = await read_json(request, config.max_upload_bytes)
+                except ClientDisconnect:
+                    return Response(status_code=CLIENT_CLOSED)
+                turns, blobs = _parse_messages(body.get("messages"), tag)
+                budget = _chat_budget(body, config)
+                audios = [await _load_clip(data, where, config, pool) for where, data in blobs]
+                inbox = Inbox()
+                job = ChatJob(ChatRow(turns, audios, budget), on_done=lambda ans: inbox.post("done", ans),
+                              on_error=lambda msg: inbox.post("error", msg))
+                _submit(scheduler, job)
             seconds = sum(len(a) for a in audios) / SAMPLE_RATE
             cid, stream = formats.completion_id(), body.get("stream") is True
             if stream:
@@ -271,6 +266,16 @@ def create_app(load: Callable[[], Engine], config: ServeConfig,
                 admission.leave()
 
     return app
+
+
+@contextmanager
+def announced(scheduler: Scheduler) -> Iterator[None]:
+    """Tell the worker a job is on its way while the request is received and checked (see the scheduler)."""
+    scheduler.incoming(1)
+    try:
+        yield
+    finally:
+        scheduler.incoming(-1)
 
 
 def _submit(scheduler: Scheduler, job: AsrJob | ChatJob) -> None:
@@ -371,6 +376,16 @@ async def _stream_transcript(job: AsrJob, inbox: Inbox, scheduler: Scheduler, ad
 
 
 # ---------------------------------------------------------------------- chat helpers
+async def _load_clip(data: bytes, where: str, config: ServeConfig, pool: ThreadPoolExecutor):
+    """An input_audio part's bytes -> 16 kHz samples, off the event loop; bad audio -> 400 naming the part."""
+    try:
+        audio = await asyncio.get_running_loop().run_in_executor(pool, load_clip, data)
+    except AudioError as err:
+        raise ApiError(400, f"{where}: {_strip_name(str(err))}", param=where, code="invalid_audio") from None
+    _check_duration(len(audio) / SAMPLE_RATE, config, where)
+    return audio
+
+
 def _parse_messages(messages: Any, tag: str) -> tuple[list[dict[str, str]], list[tuple[str, bytes]]]:
     """OpenAI messages -> qwen-format turns (audio parts become ``tag`` in place) and the audio bytes in order.
 

@@ -3,10 +3,13 @@
 Requests become jobs: an ASR job is one checked upload with its windows, a chat job one dialog row. The worker
 collects work until ``max_batch_size`` rows of one kind are waiting or the oldest waiting job has waited
 ``batch_wait`` seconds, whichever comes first, then runs at most one batch of each kind: ASR windows, chat rows
-with audio, text-only chat rows (LLM mode). ASR windows are taken round-robin across jobs, one window per job per
-turn, starting one job further each batch, so a long upload gets its fair share of each batch and short
-requests queued behind it still go out in the next batch. Work that keeps a batch full starts at once (the
-wait only applies while batches are not full).
+with audio, text-only chat rows (LLM mode). While requests are still being received or checked (the HTTP side
+announces them with :meth:`Scheduler.incoming`), a batch that is not full also waits up to ``batch_wait`` after
+the worker became free, so jobs arriving together are not split over two batches.
+
+ASR windows are taken round-robin across jobs, one window per job per turn, starting one job further each batch,
+so a long upload gets its fair share of each batch and short requests queued behind it still go out in the next
+batch. Work that keeps a batch full starts at once (the waits only apply while batches are not full).
 
 Results go back through the job's callbacks, called on the worker thread (the HTTP side hands them to its event
 loop). A batch that raises is run again row by row, so one bad row fails only its own request. A cancelled job
@@ -86,6 +89,7 @@ class Scheduler:
         self._asr: deque[AsrJob] = deque()
         self._chat: dict[bool, deque[ChatJob]] = {True: deque(), False: deque()}  # by "has audio"
         self._stopping = False
+        self._incoming = 0  # requests announced by the HTTP side and not yet submitted
         self._thread = threading.Thread(target=self._run, name="nemo-lite-model", daemon=True)
 
     # ------------------------------------------------------------------ called from the HTTP side
@@ -100,6 +104,12 @@ class Scheduler:
                 self._asr.append(job)
             else:
                 self._chat[bool(job.row.audios)].append(job)
+            self._cond.notify()
+
+    def incoming(self, n: int) -> None:
+        """``+1``: a request is being received/checked and will submit a job soon; ``-1``: it has (or never will)."""
+        with self._cond:
+            self._incoming += n
             self._cond.notify()
 
     def cancel(self, job: AsrJob | ChatJob) -> None:
@@ -151,8 +161,11 @@ class Scheduler:
                 if self._stopping:
                     return None
                 self._cond.wait()
-            deadline = self._oldest() + self.batch_wait
-            while not self._stopping and not self._full() and (left := deadline - time.monotonic()) > 0:
+            oldest, free = self._oldest() + self.batch_wait, time.monotonic() + self.batch_wait
+            while not self._stopping and not self._full():
+                left = (max(oldest, free) if self._incoming else oldest) - time.monotonic()
+                if left <= 0:
+                    break
                 self._cond.wait(left)
             self._release_finished()
             batches = [("asr", self._take_windows()), ("chat_audio", self._take_chat(True)),
@@ -222,6 +235,7 @@ class Scheduler:
                 else:
                     _call(job.on_done, out)
         seconds = time.perf_counter() - t0
+        log.debug("%s batch: %d rows in %.3f s", kind, len(rows), seconds)
         self.batch_seconds = seconds if not self.batch_seconds else (1 - EMA) * self.batch_seconds + EMA * seconds
         if self.metrics is not None:
             self.metrics.batch_rows.labels(kind).observe(len(rows))
