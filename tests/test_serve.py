@@ -348,6 +348,25 @@ def _wait_idle(server) -> None:
     pytest.fail("the scheduler did not become idle")
 
 
+def test_streaming_client_that_leaves_frees_its_slot(server, files):
+    """A streaming client that closes after the first event gets its queue slot back (the release runs once, from
+    the stream's ``finally`` or the response's background task: a stream cancelled before it starts never runs
+    its ``finally``)."""
+    before = httpx.get(f"{server.url}/metrics").text
+    with httpx.stream("POST", f"{server.url}/v1/audio/transcriptions", timeout=60,
+                      files={"file": ("long.wav", files["long"].read_bytes())}, data={"stream": "true"}) as r:
+        first = next(r.iter_lines())
+    assert first.startswith("data: ") and json.loads(first[6:])["type"] == "transcript.text.delta"
+    _wait_idle(server)
+    deadline = time.monotonic() + 10
+    while metric(httpx.get(f"{server.url}/metrics").text, "nemo_lite_queue_depth") != 0:
+        assert time.monotonic() < deadline, "the queue slot was not given back"
+        time.sleep(0.05)
+    after = httpx.get(f"{server.url}/metrics").text
+    assert metric(after, "nemo_lite_requests_total", endpoint="/v1/audio/transcriptions", status="200") > \
+        metric(before, "nemo_lite_requests_total", endpoint="/v1/audio/transcriptions", status="200")
+
+
 def test_metrics_text(server):
     text = httpx.get(f"{server.url}/metrics").text
     for name in ("nemo_lite_requests_total", "nemo_lite_request_seconds_bucket", "nemo_lite_batch_rows_bucket",

@@ -31,6 +31,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
@@ -212,7 +213,8 @@ def create_app(load: Callable[[], Engine], config: ServeConfig,
                 _submit(scheduler, job)
             if stream:
                 handed_over = True
-                return StreamingResponse(_stream_transcript(job, inbox, scheduler, admission, metrics),
+                done = Release(scheduler, job, admission)
+                return StreamingResponse(_stream_transcript(job, inbox, done, metrics), background=BackgroundTask(done),
                                          media_type="text/event-stream", headers=formats.SSE_HEADERS)
             try:
                 texts = [t async for t in _window_texts(inbox, len(planned.windows), request)]
@@ -249,9 +251,10 @@ def create_app(load: Callable[[], Engine], config: ServeConfig,
             if stream:
                 handed_over = True
                 include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-                return StreamingResponse(
-                    _stream_chat(job, inbox, scheduler, admission, cid, config.model_name, include_usage),
-                    media_type="text/event-stream", headers=formats.SSE_HEADERS)
+                done = Release(scheduler, job, admission)
+                return StreamingResponse(_stream_chat(inbox, done, cid, config.model_name, include_usage),
+                                         background=BackgroundTask(done), media_type="text/event-stream",
+                                         headers=formats.SSE_HEADERS)
             try:
                 answer = await _answer(inbox, request)
             except Disconnected:
@@ -266,6 +269,24 @@ def create_app(load: Callable[[], Engine], config: ServeConfig,
                 admission.leave()
 
     return app
+
+
+class Release:
+    """End of a streamed request, run once: drop its remaining work (a no-op once finished) and leave the queue.
+
+    Called from the stream's ``finally`` and from the response's background task: a client that goes away before
+    the stream starts never runs the generator, so its ``finally`` alone would leak the queue slot.
+    """
+
+    def __init__(self, scheduler: Scheduler, job: AsrJob | ChatJob, admission: Admission) -> None:
+        self.scheduler, self.job, self.admission = scheduler, job, admission
+        self.done = False
+
+    def __call__(self) -> None:
+        if not self.done:
+            self.done = True
+            self.scheduler.cancel(self.job)
+            self.admission.leave()
 
 
 @contextmanager
@@ -356,8 +377,7 @@ async def _window_texts(inbox: Inbox, n: int, request: Request | None) -> AsyncI
             k += 1
 
 
-async def _stream_transcript(job: AsrJob, inbox: Inbox, scheduler: Scheduler, admission: Admission,
-                             metrics: Metrics) -> AsyncIterator[bytes]:
+async def _stream_transcript(job: AsrJob, inbox: Inbox, done: Release, metrics: Metrics) -> AsyncIterator[bytes]:
     """``transcript.text.delta`` per finished window (non-empty text), then ``transcript.text.done``."""
     texts: list[str] = []
     try:
@@ -371,8 +391,7 @@ async def _stream_transcript(job: AsrJob, inbox: Inbox, scheduler: Scheduler, ad
     except ApiError as err:
         yield formats.sse(err.body())
     finally:
-        scheduler.cancel(job)  # a no-op once finished; drops the rest if the client went away
-        admission.leave()
+        done()
 
 
 # ---------------------------------------------------------------------- chat helpers
@@ -457,8 +476,8 @@ async def _answer(inbox: Inbox, request: Request | None) -> Answer:
     return value
 
 
-async def _stream_chat(job: ChatJob, inbox: Inbox, scheduler: Scheduler, admission: Admission, cid: str,
-                       model: str, include_usage: bool) -> AsyncIterator[bytes]:
+async def _stream_chat(inbox: Inbox, done: Release, cid: str, model: str, include_usage: bool
+                       ) -> AsyncIterator[bytes]:
     """The answer as ``chat.completion.chunk`` events once decoded (batched greedy decoding finishes a row at
     once), then ``[DONE]``."""
     try:
@@ -470,8 +489,7 @@ async def _stream_chat(job: ChatJob, inbox: Inbox, scheduler: Scheduler, admissi
     except ApiError as err:
         yield formats.sse(err.body())
     finally:
-        scheduler.cancel(job)
-        admission.leave()
+        done()
 
 
 # ---------------------------------------------------------------------- the edge: auth + metrics
