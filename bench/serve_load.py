@@ -22,6 +22,7 @@ import argparse
 import os
 import queue
 import re
+import resource
 import socket
 import statistics
 import subprocess
@@ -54,6 +55,7 @@ class Run:
     rows_per_batch: float | None  # mean rows per ASR decoding batch
     cpu: float | None = None  # CPU seconds the server (or CLI) process used, all threads
     failures: int = 0
+    busy: float | None = None  # share of the wall time the model worker spent in batches
 
     @property
     def throughput(self) -> float:
@@ -67,8 +69,9 @@ class Run:
         share = f"{100 * self.throughput / reference:.0f} %" if reference else "–"
         clients = str(self.clients) if self.clients else "–"
         cpu = f"{self.cpu / self.audio_seconds:.3f}" if self.cpu else "–"
+        busy = f"{100 * self.busy:.0f} %" if self.busy is not None else "–"
         return (f"| {self.setting} | {clients} | {self.throughput:.2f} | {share} | {p50} | {p95} | {rows} | "
-                f"{cpu} | {self.wall:.1f} | {self.failures} |")
+                f"{cpu} | {busy} | {self.wall:.1f} | {self.failures} |")
 
 
 # ---------------------------------------------------------------------- inputs
@@ -131,13 +134,14 @@ def start_server(args: argparse.Namespace, batch: int) -> tuple[subprocess.Popen
     raise TimeoutError("server did not become healthy")
 
 
-def rows_metric(url: str) -> tuple[float, float]:
+def batch_metrics(url: str) -> tuple[float, float, float]:
+    """(rows, batches, seconds in batches) of ASR decoding so far, from /metrics."""
     text = httpx.get(f"{url}/metrics", timeout=10).text
-    values = {}
-    for name in ("sum", "count"):
-        m = re.search(rf'^nemo_lite_batch_rows_{name}{{kind="asr"}} (\S+)$', text, re.M)
-        values[name] = float(m.group(1)) if m else 0.0
-    return values["sum"], values["count"]
+    values = []
+    for name in ("rows_sum", "rows_count", "seconds_sum"):
+        m = re.search(rf'^nemo_lite_batch_{name}{{kind="asr"}} (\S+)$', text, re.M)
+        values.append(float(m.group(1)) if m else 0.0)
+    return values[0], values[1], values[2]
 
 
 def cpu_seconds(pid: int | None) -> float | None:
@@ -172,7 +176,7 @@ def client_run(url: str, files: list[Path], durations: dict[Path, float], client
                 if r.status_code != 200:
                     failures[0] += 1
 
-    rows0, batches0 = rows_metric(url)
+    rows0, batches0, busy0 = batch_metrics(url)
     cpu0 = cpu_seconds(pid)
     t0 = time.perf_counter()
     threads = [threading.Thread(target=client) for _ in range(clients)]
@@ -182,22 +186,32 @@ def client_run(url: str, files: list[Path], durations: dict[Path, float], client
         t.join()
     wall = time.perf_counter() - t0
     cpu1 = cpu_seconds(pid)
-    rows1, batches1 = rows_metric(url)
+    rows1, batches1, busy1 = batch_metrics(url)
     rows = (rows1 - rows0) / (batches1 - batches0) if batches1 > batches0 else None
     cpu = cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None
-    return Run(setting, clients, sum(durations[f] for f in files), wall, latencies, rows, cpu, failures[0])
+    return Run(setting, clients, sum(durations[f] for f in files), wall, latencies, rows, cpu, failures[0],
+               busy=(busy1 - busy0) / wall)
 
 
 # ---------------------------------------------------------------------- the offline CLI
-def cli_run(args: argparse.Namespace, files: list[Path], batch: int) -> Run:
+def cli_run(args: argparse.Namespace, files: list[Path], batch: int, baseline: float | None = None) -> Run:
+    """The CLI on ``files``; its RTFx line gives audio and wall time (model load excluded). CPU: the process's
+    minus ``baseline`` (the CPU of the same command on one short file: imports, model load, one row)."""
     cmd = [sys.executable, "-m", "nemo_lite.cli", "transcribe", *map(str, files), "--model", args.model,
            "--batch-size", str(batch), "--quiet"] + _model_flags(args)
+    before = _children_cpu()
     out = subprocess.run(cmd, capture_output=True, text=True, env=_env(args))
+    cpu = _children_cpu() - before
     m = re.search(r"([\d.]+) s of audio in ([\d.]+) s wall time", out.stderr)
     if out.returncode != 0 or m is None:
         raise RuntimeError(f"CLI failed ({out.returncode}): {out.stderr[-2000:]}")
-    return Run(f"offline CLI, batch {batch}", None, float(m.group(1)), float(m.group(2)), [], None)  # CPU: the
-    # CLI's includes its imports and model load, not comparable: left out
+    return Run(f"offline CLI, batch {batch}", None, float(m.group(1)), float(m.group(2)), [], None,
+               cpu - baseline if baseline is not None else cpu)
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def best(run, repeat: int) -> Run:
@@ -225,8 +239,8 @@ def _env(args: argparse.Namespace) -> dict[str, str]:
 def table(runs: list[Run], reference: float | None, header: str) -> str:
     lines = [header, "",
              "| setting | clients | throughput (audio s / s) | of offline CLI | p50 latency (s) | p95 latency (s) | "
-             "rows / batch | CPU s / audio s | wall (s) | failed |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "rows / batch | CPU s / audio s | worker busy | wall (s) | failed |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     return "\n".join(lines + [r.row(reference) for r in runs]) + "\n"
 
 
@@ -249,6 +263,7 @@ def main() -> None:
     p.add_argument("--files", help="folder of audio files (default: 32 generated files of 1-12 s)")
     p.add_argument("--n-files", type=int, default=48)
     p.add_argument("--clients", default="1,4,16", help="client levels (default %(default)s)")
+    p.add_argument("--off-clients", default="1,16", help="client levels with --max-batch-size 1 (default %(default)s)")
     p.add_argument("--repeat", type=int, default=2, help="runs per measurement, the best kept (default %(default)s)")
     p.add_argument("--batch", type=int, default=8, help="server --max-batch-size and CLI --batch-size")
     p.add_argument("--batch-wait-ms", type=float, default=10.0)
@@ -276,12 +291,15 @@ def main() -> None:
             runs += [best(partial(client_run, args.url, files, durations, n, "server", args.api_key), args.repeat)
                      for n in levels]
         else:
-            clis = [cli_run(args, files, args.batch)]  # the CLI before and after the servers: the best counts
-            for batch in (args.batch, 1):
+            shortest = min(files, key=lambda f: durations[f])
+            baseline = cli_run(args, [shortest], args.batch).cpu  # imports + model load + one short row
+            clis = [cli_run(args, files, args.batch, baseline)]  # before and after the servers: the best counts
+            off_levels = [int(c) for c in args.off_clients.split(",")]
+            for batch, batch_levels in ((args.batch, levels), (1, off_levels)):
                 proc, url = start_server(args, batch)
                 try:
                     client_run(url, files[:2], durations, 1, "warm-up", None)
-                    for n in levels:
+                    for n in batch_levels:
                         setting = f"serve, --max-batch-size {batch}"
                         runs.append(best(partial(client_run, url, files, durations, n, setting, None, proc.pid),
                                          args.repeat))
@@ -289,7 +307,7 @@ def main() -> None:
                 finally:
                     proc.terminate()
                     proc.wait(120)
-            clis += [cli_run(args, files, args.batch) for _ in range(max(1, args.repeat - 1))]
+            clis += [cli_run(args, files, args.batch, baseline) for _ in range(max(1, args.repeat - 1))]
             runs.append(max(clis, key=lambda r: r.throughput))
             reference = runs[-1].throughput
         cores = os.cpu_count()
