@@ -1,5 +1,6 @@
 """The ``nemo-lite`` command: ``transcribe`` files, folders and NeMo manifests; ``chat`` with the LLM (adapter off);
-``train`` from a config (:mod:`nemo_lite.training`); ``eval`` (:mod:`nemo_lite.evaluate`).
+``train`` from a config (:mod:`nemo_lite.training`); ``eval`` (:mod:`nemo_lite.evaluate`); ``serve`` an
+OpenAI-compatible HTTP API (:mod:`nemo_lite.serve`, the ``[serve]`` extra).
 
 ``nemo-lite transcribe`` takes audio files, directories (scanned recursively for :data:`AUDIO_EXTENSIONS`) and
 NeMo-style manifests (``.json``/``.jsonl``, one JSON object a line with ``audio_filepath``; relative paths resolve
@@ -235,6 +236,15 @@ def cmd_chat(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from .serve.server import run
+    except ImportError as err:
+        print(f"nemo-lite: serve needs the [serve] extra ({err}); pip install 'nemo-lite[serve]'", file=sys.stderr)
+        return EXIT_SETUP
+    return run(args)
+
+
 # ---------------------------------------------------------------------- arguments
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, help="hub repo id or local checkpoint directory "
@@ -272,6 +282,30 @@ def cmd_info(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def add_serve_parser(subparsers) -> argparse.ArgumentParser:
+    """``nemo-lite serve``: the model flags of ``transcribe`` plus the server's."""
+    p = subparsers.add_parser("serve", help="OpenAI-compatible HTTP server: /v1/audio/transcriptions, "
+                              "/v1/chat/completions, a web page at /")
+    _model_args(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
+    p.add_argument("--port", type=int, default=8000, help="port (default %(default)s)")
+    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1/* (default: env NEMO_LITE_API_KEY)")
+    p.add_argument("--max-batch-size", type=int, default=8,
+                   help="rows decoded together across requests (default %(default)s; 64 or more on a GPU)")
+    p.add_argument("--batch-wait-ms", type=float, default=10.0,
+                   help="how long a request may wait for a batch to fill (default %(default)s)")
+    p.add_argument("--max-queue", type=int, default=64,
+                   help="requests admitted at once; more get HTTP 429 (default %(default)s)")
+    p.add_argument("--max-upload-mb", type=float, default=100.0, help="largest upload (default %(default)s)")
+    p.add_argument("--max-audio-seconds", type=float, help="longest audio accepted (default: no limit)")
+    p.add_argument("--threads", type=int, help="torch threads of the model worker (default: torch's)")
+    p.add_argument("--max-chunk-seconds", type=float,
+                   help="longest audio decoded as one window (default: the model's, 40 s for Canary-Qwen); longer "
+                        "uploads are cut into speech segments")
+    p.set_defaults(func=cmd_serve)
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nemo-lite", description="Canary-Qwen-2.5B speech recognition without NeMo")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -305,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_parser(sub)  # nemo-lite train --config CONFIG (stage 1/2, both architectures; torchrun-ready)
     add_export_parser(sub)  # nemo-lite export MODEL OUT --merge-lora (the Qwen2-VL adapter's published layout)
     add_eval_parser(sub)  # nemo-lite eval MANIFEST --model M (WER/CER after Whisper normalisation, RTFx)
+    add_serve_parser(sub)  # nemo-lite serve --model M (FastAPI/uvicorn, imported only when it runs)
     return parser
 
 

@@ -76,6 +76,10 @@ class SpeechLM(nn.Module):
         """The longest audio one prompt takes (longer inputs are cut into windows by transcription)."""
         raise NotImplementedError
 
+    def audio_frames(self, samples: int) -> int:
+        """LLM positions the audio of ``samples`` 16 kHz samples takes in a prompt (its embedding's length)."""
+        raise NotImplementedError
+
     def encoder_samples(self, samples: int) -> int:
         """Samples the encoder actually processes for a clip of ``samples`` (a design that pads says so)."""
         return samples

@@ -324,6 +324,9 @@ class WhisperLLM(SpeechLM):
     def window_seconds(self) -> float:
         return self.window_samples / SAMPLE_RATE
 
+    def audio_frames(self, samples: int) -> int:
+        return self.encoder.config.max_source_positions  # every clip is padded to the full window
+
     def encoder_samples(self, samples: int) -> int:
         return self.window_samples  # every clip is padded to the full window
 
