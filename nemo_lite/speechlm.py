@@ -152,6 +152,7 @@ class SpeechLM(nn.Module):
         max_new_tokens: int = 128,
         sample_rate: int = SAMPLE_RATE,
         batch_size: int | None = None,
+        streamer=None,
     ) -> list[list[int]]:
         """Greedy answers, one list of new token ids per prompt row (up to and including the first <|im_end|>).
 
@@ -159,7 +160,9 @@ class SpeechLM(nn.Module):
         appear anywhere, several times; ``audios`` are consumed in tag order. Without ``prompts``, each audio gets
         :meth:`asr_prompt`. Rows without audio run the plain LLM (LoRA off). ``batch_size``: rows per decoding
         call (default :func:`~nemo_lite.runtime.default_batch_size`: 8 on CPU, 64 on a GPU); rows are sorted by
-        audio length so similar rows share a batch, and results come back in input order.
+        audio length so similar rows share a batch, and results come back in input order. ``streamer``: a
+        transformers streamer (``put``/``end``, e.g. ``TextStreamer``) fed each new token as it is decoded; one
+        prompt row only.
         """
         batch_size = default_batch_size(self.device) if batch_size is None else batch_size
         # Deliberate departure from NeMo: clips under 20 ms are zero-padded to 20 ms; NeMo would give them no
@@ -173,6 +176,8 @@ class SpeechLM(nn.Module):
             raise ValueError("prompts must be lists of {'role', 'content'} turns (one list per row); pass audio as "
                              "audios=[...]")
         rows = [self.prompt_ids(p) for p in prompts]
+        if streamer is not None and len(rows) != 1:
+            raise ValueError(f"a streamer follows one answer; {len(rows)} prompts were given")
         row_audios = _assign_audios(rows, arrays, self.audio_tag_id)
         results: list[list[int] | None] = [None] * len(rows)
         for has_audio in (True, False):
@@ -182,7 +187,7 @@ class SpeechLM(nn.Module):
                 chunk = idx[start:start + batch_size]
                 flat = [a for i in chunk for a in row_audios[i]]
                 embeds = self.embed_audio(flat) if flat else []
-                out = self.decode_rows([rows[i] for i in chunk], embeds, max_new_tokens)
+                out = self.decode_rows([rows[i] for i in chunk], embeds, max_new_tokens, streamer)
                 for i, ids in zip(chunk, out, strict=True):
                     results[i] = ids
         return results  # type: ignore[return-value]
@@ -201,18 +206,19 @@ class SpeechLM(nn.Module):
         return self.decode_rows([self.prompt_ids(p) for p in prompts], list(audio_embeds), max_new_tokens)
 
     @torch.inference_mode()
-    def decode_rows(self, rows: list[torch.Tensor], audio_embeds: list[torch.Tensor], max_new_tokens: int
-                    ) -> list[list[int]]:
+    def decode_rows(self, rows: list[torch.Tensor], audio_embeds: list[torch.Tensor], max_new_tokens: int,
+                    streamer=None) -> list[list[int]]:
         """One decoding batch: prompt id rows + the embeddings of their audio tags, in tag order -> new ids per row.
-        Rows are all with audio (adapter on) or all without (LLM mode: adapter off)."""
+        Rows are all with audio (adapter on) or all without (LLM mode: adapter off). ``streamer``: see
+        :meth:`generate`."""
         embeds, mask = build_inputs_embeds(rows, input_embeddings(self.llm), self.audio_tag_id, audio_embeds)
         options = decoding.GreedyOptions(max_new_tokens=max_new_tokens, eos_id=self.eos_id, pad_id=self.pad_id)
         if audio_embeds:
             if self.merged_lora:
                 speed.ensure_merged(self.llm)
-            return decoding.greedy(self.llm, embeds, mask, options, self.caches)
+            return decoding.greedy(self.llm, embeds, mask, options, self.caches, streamer)
         with adapter_disabled(self.llm):  # LLM mode: plain LLM, as NeMo under llm.disable_adapter()
-            return decoding.greedy(self.llm, embeds, mask, options, self.caches)
+            return decoding.greedy(self.llm, embeds, mask, options, self.caches, streamer)
 
     def decode(self, ids: list[int]) -> str:
         """New ids -> text (special tokens dropped, outer whitespace stripped)."""
@@ -229,6 +235,7 @@ class SpeechLM(nn.Module):
         on_error: str = "raise",
         progress: Callable[[float], None] | None = None,
         segmentation: str | None = None,
+        allow_truncated: bool = False,
     ):
         """Transcribe one input or a list of inputs (results in input order).
 
@@ -255,8 +262,12 @@ class SpeechLM(nn.Module):
 
         Bad inputs raise :class:`~nemo_lite.audio.AudioError`. ``on_error="raise"`` (default) checks every input
         before any model work and raises one error naming all bad inputs (``.failures``: ``(index, message)``);
-        ``on_error="skip"`` returns ``None`` for them and transcribes the rest. ``progress``: called with the audio
-        seconds finished after each batch.
+        ``on_error="skip"`` returns ``None`` for them and transcribes the rest. A damaged file (cut short: fewer
+        samples than its header promises) is a bad input (:class:`~nemo_lite.audio.DamagedAudioError`) unless
+        ``allow_truncated=True``, which transcribes the audio that is there and warns once
+        (:class:`~nemo_lite.audio.TruncatedAudioWarning`). ``progress``: called with audio seconds as work is
+        done (while inputs are scanned, per encoder group and per decoded batch); they add up to the duration
+        of the inputs transcribed.
         """
         from .longform import ChunkOptions
         from .transcription import TranscribeOptions, transcribe
@@ -264,7 +275,8 @@ class SpeechLM(nn.Module):
         seconds = max_chunk_seconds or self.window_seconds
         chunk = ChunkOptions(max_chunk_seconds=seconds, search_seconds=min(5.0, seconds / 2))
         opts = TranscribeOptions(batch_size=batch_size, max_new_tokens=max_new_tokens, sample_rate=sample_rate,
-                                 chunk=chunk, on_error=on_error, segmentation=segmentation)
+                                 chunk=chunk, on_error=on_error, segmentation=segmentation,
+                                 allow_truncated=allow_truncated)
         return transcribe(self, audio, opts, timestamps=timestamps, progress=progress)
 
     def chat(
@@ -273,14 +285,18 @@ class SpeechLM(nn.Module):
         audios: AudioInput | Sequence[AudioInput] | None = None,
         max_new_tokens: int = 256,
         sample_rate: int = SAMPLE_RATE,
+        streamer=None,
     ) -> str:
         """One greedy answer to a dialog (a string is one user turn). Without audio it runs the plain LLM (LoRA
         off, NeMo's LLM mode), e.g. ``chat(f"Summarize this transcript:\\n{text}")``. With ``audios``, the
-        messages must hold one audio tag (:attr:`audio_tag`) per audio."""
+        messages must hold one audio tag (:attr:`audio_tag`) per audio. ``streamer``: gets the answer token by
+        token as it is decoded (e.g. ``transformers.TextStreamer(model.tokenizer, skip_special_tokens=True)``
+        prints it); the full answer is still returned."""
         turns = [{"role": "user", "content": messages}] if isinstance(messages, str) else list(messages)
         if audios is not None and not isinstance(audios, (list, tuple)):
             audios = [audios]
-        ids = self.generate(prompts=[turns], audios=audios, max_new_tokens=max_new_tokens, sample_rate=sample_rate)
+        ids = self.generate(prompts=[turns], audios=audios, max_new_tokens=max_new_tokens, sample_rate=sample_rate,
+                            streamer=streamer)
         return self.decode(ids[0])
 
     def _apply_speed_options(self) -> None:
