@@ -1,6 +1,7 @@
 """Evaluation: WER and CER over a manifest, RTFx, and a per-utterance JSONL with a word diff.
 
-Works for any model with ``transcribe(list_of_paths) -> list[str]`` (CanaryQwen, WhisperLLM). Scoring follows the
+Works for any model with :meth:`~nemo_lite.speechlm.SpeechLM.transcribe` (CanaryQwen, WhisperLLM; a list of paths ->
+list[str], with ``on_error="skip"``, ``progress`` and ``allow_truncated``). Scoring follows the
 Open ASR Leaderboard: references and hypotheses both go through Whisper's ``EnglishTextNormalizer``
 (``transformers.models.whisper.english_normalizer``: lower case, punctuation and filler words removed, numbers
 and contractions standardised), then jiwer aligns them. Its ``english_spelling_mapping`` argument (British ->
