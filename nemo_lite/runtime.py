@@ -8,10 +8,11 @@ Figures behind the defaults (README, Performance; WORKLOG sessions 2-3):
   their batches are bounded by memory (one 40 s clip's worth), not speed.
 - GPU (H100): RTFx 10 at batch 1, 322 at 32, 695 at 128; larger encoder and prefill batches keep the card busy.
 - CPU threads (:func:`default_threads`, README "Threads"): torch's OpenMP threads spin-wait for each other, so
-  one that shares its core with another process stalls every kernel: with one other busy process on a 2-core
-  machine, 2 threads ran the tiny model 3-10x slower than 1, and the full-size model's two-thread runs swung
-  10x; on an idle machine all cores pay off for the full-size encoder. So the default takes the cores that are
-  free now: the cores this process may use minus the load average.
+  one that shares its core with another process stalls every kernel: on 2 cores loaded by other jobs (load
+  average 6-12), 2 threads transcribed with the tiny model 3.4-11x slower than 1 (``bench/threads.py``), and
+  the full-size model's two-thread runs swung 10x; on an idle machine more cores pay off for the compute-bound
+  full-size encoder. So the default takes the cores that are free now: the cores this process may use minus the
+  load average.
 """
 
 from __future__ import annotations
