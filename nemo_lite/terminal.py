@@ -156,6 +156,9 @@ def load_command_model(args: argparse.Namespace) -> SpeechLM:
     from .config import ConfigError
     from .weights import CheckpointError
 
+    status = sys.stderr.isatty()  # a person watching: say what the wait is (erased once loaded)
+    if status:
+        print(f"nemo-lite: loading {args.model} on {args.device} ...", end="", file=sys.stderr, flush=True)
     try:
         return from_pretrained(args.model, device=args.device, dtype=args.dtype, llm_path=args.llm_path,
                                quantize=getattr(args, "quantize", None),
@@ -164,6 +167,9 @@ def load_command_model(args: argparse.Namespace) -> SpeechLM:
                                compile=getattr(args, "compile", False) or None)
     except (CheckpointError, ConfigError, RuntimeError, ValueError, OSError) as err:  # bad files, options
         raise SetupError(f"cannot load model {args.model!r}: {err}") from err
+    finally:
+        if status:
+            print("\r\x1b[K", end="", file=sys.stderr, flush=True)  # erase the status line
 
 
 class Bar:

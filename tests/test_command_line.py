@@ -324,3 +324,9 @@ def test_chunked_prefill_and_generate_raise_no_future_warning(tiny_model, one_th
         opts = decoding.GreedyOptions(max_new_tokens=3, eos_id=tiny_model.eos_id, pad_id=tiny_model.pad_id,
                                       prefill_tokens=16)  # forces the chunked prefill
         assert len(decoding.greedy(tiny_model.llm, inputs, mask, opts)) == 2
+
+
+def test_train_with_a_missing_config_is_a_setup_error(tmp_path, capsys):
+    code, _, err = run(["train", "--config", str(tmp_path / "none.json")], capsys)
+    assert code == EXIT_SETUP and err.count("\n") == 1 and "none.json" in err
+    assert_clean(err)
