@@ -99,24 +99,6 @@ def test_folder_of_bad_inputs_each_named_in_one_line(tiny_ckpt, tmp_path):
     assert "4 input(s) failed" in res.stderr
 
 
-def test_ten_minute_file_progress_advances(tiny_ckpt, tmp_path):
-    """A 10-minute recording's bar (default options: scanned with VAD, speech segments decoded) is drawn at >= 10
-    positions before it finishes, moving forward only and ending at the total; guards the bar that sat at 0 %
-    and jumped to 100 % once the file was done."""
-    x, _ = sf.read(str(EXAMPLE), dtype="float32")
-    gap = np.zeros(int(35.5 * 16000), np.float32)  # speech every 40 s
-    long = np.concatenate([np.concatenate([x, gap]) for _ in range(15)])[: 600 * 16000]  # (9.6 M,) = 10 min
-    path = tmp_path / "ten_minutes.wav"
-    sf.write(str(path), long, 16000)
-    res = nemo_lite_cmd("transcribe", str(path), "--model", str(tiny_ckpt), *TOKENS)
-    assert res.returncode == EXIT_OK, res.stderr
-    positions = assert_bar_sane(res.stderr)
-    before_end = sorted({p for p in positions if 0 < p < 600.0})
-    assert len(before_end) >= 10, positions
-    assert len({p for p in before_end if p > 60.0}) >= 3  # it keeps moving after the scan's 10 %
-    assert_clean(res.stderr)
-
-
 def test_help_is_fast_and_imports_nothing_heavy():
     """``nemo-lite --help`` and ``nemo-lite transcribe --help`` under a second: parsing imports no torch,
     transformers, numpy or soundfile (it took 3-4 s when the parser pulled in torch)."""
@@ -144,6 +126,17 @@ def run(args: list[str], capsys) -> tuple[int, str, str]:
     return code, out, err
 
 
+@pytest.fixture
+def loaded(monkeypatch, tiny_model, tiny_ckpt) -> str:
+    """The commands get the session's tiny model instead of loading it again (loading is exercised by the
+    subprocess tests); returns the --model value to pass."""
+    from nemo_lite import evaluate
+
+    for module in (cli, evaluate):
+        monkeypatch.setattr(module, "load_command_model", lambda args: tiny_model)
+    return str(tiny_ckpt)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a CPU-only machine")
 def test_cuda_on_a_cpu_only_machine_is_one_line_and_exit_2(capsys):
     code, out, err = run(["transcribe", "--device", "cuda", str(EXAMPLE), "--model", "unused"], capsys)
@@ -164,27 +157,27 @@ def test_bad_inputs_are_reported_before_the_model_loads(tmp_path, capsys, monkey
     assert_clean(err)
 
 
-def test_truncated_files_are_errors_unless_allowed(tiny_ckpt, tmp_path, capsys):
+def test_truncated_files_are_errors_unless_allowed(loaded, tmp_path, capsys):
     cut = truncated_wav(tmp_path / "cut.wav")
-    code, out, err = run(["transcribe", str(cut), "--model", str(tiny_ckpt), *TOKENS], capsys)
+    code, out, err = run(["transcribe", str(cut), "--model", loaded, *TOKENS], capsys)
     assert code == EXIT_BAD_INPUT and out == ""
     assert "damaged (truncated): holds 1.00 s of the 2.00 s" in err and "--allow-truncated" in err
-    code, out, err = run(["transcribe", str(cut), "--model", str(tiny_ckpt), "--allow-truncated", *TOKENS], capsys)
+    code, out, err = run(["transcribe", str(cut), "--model", loaded, "--allow-truncated", *TOKENS], capsys)
     assert code == EXIT_OK and out.strip() != ""
     assert "RTFx" in err and "1.0 s of audio" in err
     assert_clean(err)
 
 
-def test_damaged_flac_found_while_decoding(tiny_ckpt, tmp_path, capsys):
+def test_damaged_flac_found_while_decoding(loaded, tmp_path, capsys):
     """A FLAC cut short decodes partway, then libsndfile fails: named as damaged (not a header problem), and with
     --allow-truncated the audio before the cut is transcribed with a one-line note."""
     x = (0.1 * np.sin(np.arange(3 * 16000) / 7)).astype(np.float32)
     sf.write(str(tmp_path / "full.flac"), x, 16000)
     data = (tmp_path / "full.flac").read_bytes()
     (tmp_path / "cut.flac").write_bytes(data[: len(data) // 2])
-    code, _, err = run(["transcribe", str(tmp_path / "cut.flac"), "--model", str(tiny_ckpt), *TOKENS], capsys)
+    code, _, err = run(["transcribe", str(tmp_path / "cut.flac"), "--model", loaded, *TOKENS], capsys)
     assert code == EXIT_BAD_INPUT and "cut.flac: damaged (truncated)" in err and "of the 3.00 s" in err
-    code, out, err = run(["transcribe", str(tmp_path / "cut.flac"), "--model", str(tiny_ckpt), "--allow-truncated",
+    code, out, err = run(["transcribe", str(tmp_path / "cut.flac"), "--model", loaded, "--allow-truncated",
                           *TOKENS], capsys)
     assert code == EXIT_OK and out.strip()
     notes = [line for line in err.replace("\r", "\n").splitlines() if "damaged" in line]
@@ -192,11 +185,11 @@ def test_damaged_flac_found_while_decoding(tiny_ckpt, tmp_path, capsys):
     assert_clean(err)
 
 
-def test_eval_names_a_missing_file_and_scores_the_rest(tiny_ckpt, tmp_path, capsys):
+def test_eval_names_a_missing_file_and_scores_the_rest(loaded, tmp_path, capsys):
     manifest = tmp_path / "test.jsonl"
     manifest.write_text(json.dumps({"audio_filepath": str(EXAMPLE), "text": "hello"}) + "\n"
                         + json.dumps({"audio_filepath": "gone.wav", "text": "x", "duration": 1.0}) + "\n")
-    code, out, err = run(["eval", str(manifest), "--model", str(tiny_ckpt), *TOKENS], capsys)
+    code, out, err = run(["eval", str(manifest), "--model", loaded, *TOKENS], capsys)
     assert code == EXIT_BAD_INPUT
     assert "gone.wav: file not found (manifest line 2)" in err
     result = json.loads(out)
@@ -219,16 +212,36 @@ def test_hub_unreachable_names_model_and_llm_path(monkeypatch, capsys):
     assert_clean(err)
 
 
-def test_unexpected_error_is_one_line_unless_debug(tiny_ckpt, monkeypatch, capsys):
+def test_unexpected_error_is_one_line_unless_debug(loaded, monkeypatch, capsys):
     def boom(*args, **kwargs):
         raise RuntimeError("boom")
 
     monkeypatch.setattr(cli, "transcribe_jobs", boom)
-    code, _, err = run(["transcribe", str(EXAMPLE), "--model", str(tiny_ckpt), "--threads", "1"], capsys)
+    code, _, err = run(["transcribe", str(EXAMPLE), "--model", loaded, "--threads", "1"], capsys)
     assert code == EXIT_INTERNAL and "unexpected error: RuntimeError: boom" in err and "--debug" in err
     assert "Traceback" not in err
-    code, _, err = run(["transcribe", str(EXAMPLE), "--model", str(tiny_ckpt), "--threads", "1", "--debug"], capsys)
+    code, _, err = run(["transcribe", str(EXAMPLE), "--model", loaded, "--threads", "1", "--debug"], capsys)
     assert code == EXIT_INTERNAL and "Traceback" in err
+
+
+def test_ten_minute_file_progress_advances(loaded, tmp_path, capfd):
+    """A 10-minute recording's bar (default options: scanned with VAD, speech segments decoded) is drawn at >= 10
+    positions before it finishes, moving forward only and ending at the total; guards the bar that sat at 0 %
+    and jumped to 100 % once the file was done. In process (a subprocess costs ~10 s of imports); ``capfd``
+    reads file descriptor 2 too, so C libraries' output would show."""
+    x, _ = sf.read(str(EXAMPLE), dtype="float32")
+    gap = np.zeros(int(35.5 * 16000), np.float32)  # speech every 40 s
+    long = np.concatenate([np.concatenate([x, gap]) for _ in range(15)])[: 600 * 16000]  # (9.6 M,) = 10 min
+    path = tmp_path / "ten_minutes.wav"
+    sf.write(str(path), long, 16000)
+    code = cli.main(["transcribe", str(path), "--model", loaded, *TOKENS])
+    err = capfd.readouterr().err
+    assert code == EXIT_OK, err
+    positions = assert_bar_sane(err)
+    before_end = sorted({p for p in positions if 0 < p < 600.0})
+    assert len(before_end) >= 10, positions
+    assert len({p for p in before_end if p > 60.0}) >= 3  # it keeps moving after the scan's 10 %
+    assert_clean(err)
 
 
 # ---------------------------------------------------------------------- threads
@@ -299,8 +312,8 @@ def test_chat_streams_tokens_as_they_are_decoded(tiny_model, one_thread):
         tiny_model.generate(prompts=[[{"role": "user", "content": "a"}]] * 2, max_new_tokens=2, streamer=spy)
 
 
-def test_chat_command_prints_the_streamed_answer(tiny_ckpt, tiny_model, capsys):
-    code, out, err = run(["chat", "Say something.", "--model", str(tiny_ckpt), *TOKENS], capsys)
+def test_chat_command_prints_the_streamed_answer(loaded, tiny_model, capsys):
+    code, out, err = run(["chat", "Say something.", "--model", loaded, *TOKENS], capsys)
     assert code == EXIT_OK
     assert out == tiny_model.chat("Say something.", max_new_tokens=2) + "\n"
     assert_clean(err)
