@@ -59,6 +59,7 @@ GROUP_FILES = 256  # files per group at most
 MANIFEST_SUFFIXES = (".json", ".jsonl")
 FORMATS = ("txt", "json", "srt", "vtt")
 __all__ = ["EXIT_BAD_INPUT", "EXIT_OK", "EXIT_SETUP", "build_parser", "main"]
+load_model = load_command_model  # the name commands used before nemo_lite.terminal (raises SetupError, never None)
 
 
 @dataclass

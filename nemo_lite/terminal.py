@@ -4,7 +4,8 @@ progress bar, library noise kept off the screen, and the ``--threads`` / ``--deb
 Exit codes (every command): :data:`EXIT_OK` 0 all done; :data:`EXIT_BAD_INPUT` 1 some inputs failed (each named
 in one line on stderr; the others were processed); :data:`EXIT_SETUP` 2 set-up error, nothing done (bad flag,
 device, model or checkpoint, unreachable hub, missing extra); :data:`EXIT_INTERNAL` 3 an unexpected error (a bug:
-one line, ``--debug`` shows the traceback); 130 interrupted (Ctrl-C). A command reports a set-up problem by
+one line, ``--debug`` shows the traceback); 130 interrupted (Ctrl-C); 141 stdout closed early (``| head``), silently.
+A command reports a set-up problem by
 raising :class:`SetupError`; :func:`run` turns it, and anything unexpected, into one line and the code.
 
 Library noise (:func:`library_noise`, skipped with ``--debug``): deprecation warnings are fixed at their cause
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import traceback
 import warnings
@@ -40,6 +42,7 @@ EXIT_BAD_INPUT = 1  # some inputs failed (each named on stderr); the others were
 EXIT_SETUP = 2  # set-up error (flags, device, model, hub, extras): nothing was processed
 EXIT_INTERNAL = 3  # an unexpected error: a bug (--debug shows the traceback)
 EXIT_INTERRUPTED = 130  # Ctrl-C: 128 + SIGINT, the shell's convention
+EXIT_PIPE_CLOSED = 141  # the reader of stdout went away (`nemo-lite transcribe ... | head`): 128 + SIGPIPE
 NOISY_LOGGERS = ("torchao", "torch.utils._pytree")  # import-time chatter of optional packages (module docstring)
 
 
@@ -123,6 +126,11 @@ def run(command: Callable[[argparse.Namespace], int], args: argparse.Namespace) 
         except KeyboardInterrupt:
             say("interrupted")
             return EXIT_INTERRUPTED
+        except BrokenPipeError:  # nothing left to write to; keep Python's exit-time flush from failing too
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, sys.stdout.fileno())
+            os.close(null)
+            return EXIT_PIPE_CLOSED
         except SetupError as err:
             if debug:
                 traceback.print_exc()
@@ -158,7 +166,7 @@ def load_command_model(args: argparse.Namespace) -> SpeechLM:
 
     status = sys.stderr.isatty()  # a person watching: say what the wait is (erased once loaded)
     if status:
-        print(f"nemo-lite: loading {args.model} on {args.device} ...", end="", file=sys.stderr, flush=True)
+        print(f"nemo-lite: loading {args.model} ...", end="", file=sys.stderr, flush=True)
     try:
         return from_pretrained(args.model, device=args.device, dtype=args.dtype, llm_path=args.llm_path,
                                quantize=getattr(args, "quantize", None),
