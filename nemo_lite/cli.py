@@ -282,8 +282,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--encoder-dtype", help="the FastConformer's own compute dtype (default: --dtype); "
                    "'--quantize int8 --encoder-dtype bfloat16' is the fastest CPU mode that keeps exact mode's WER")
     p.add_argument("--max-new-tokens", type=int, help="tokens per window/answer (default: from the duration)")
-    p.add_argument("--quantize", choices=["int8", "int8-all"],
-                   help="speed mode (CPU): int8 dynamic quantization of the LLM's linear layers; int8-all: the "
+    p.add_argument("--quantize", choices=["int8", "int4", "int8-all"],
+                   help="speed mode (CPU): weight-only int8 (or int4) linear layers in the LLM; int8-all: the "
                         "encoder's too")
     p.add_argument("--compile", action="store_true",
                    help="speed mode (CUDA): static KV cache + torch.compile'd decoding steps (CUDA graphs); each new "
@@ -291,6 +291,22 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--merge-lora", action="store_true",
                    help="speed mode: fold the LoRA adapter into the weights for ASR (unfolded again for LLM mode)")
     add_run_args(p)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """What this machine offers: the CPU's instruction set (what the quantized and bf16 kernels can use), torch and
+    the accelerators it sees."""
+    import torch
+
+    from .cpu import cpu_info, describe
+
+    info = cpu_info()
+    print(describe())
+    print(f"torch {torch.__version__}; CUDA: {torch.cuda.is_available()}; threads: {torch.get_num_threads()}")
+    advice = "bf16 compute is native here" if info.native_bf16() else \
+        "no native bf16: keep compute in fp32 (exact) or use --quantize int8 (weight-only, bf16 kernels in registers)"
+    print(f"advice: {advice}")
+    return EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -320,10 +336,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--transcript", help="text file (or our .json output, or - for stdin) appended to the prompt")
     _model_args(c)
     c.set_defaults(func=cmd_chat)
+    i = sub.add_parser("info", help="what this machine offers: CPU instruction set, torch, accelerators")
+    i.set_defaults(func=cmd_info)
     from .evaluate import add_eval_parser
     from .training.command import add_train_parser
+    from .training.publish import add_export_parser
 
     add_train_parser(sub)  # nemo-lite train --config CONFIG (stage 1/2, both architectures; torchrun-ready)
+    add_export_parser(sub)  # nemo-lite export MODEL OUT --merge-lora (the Qwen2-VL adapter's published layout)
     add_eval_parser(sub)  # nemo-lite eval MANIFEST --model M (WER/CER after Whisper normalisation, RTFx)
     return parser
 

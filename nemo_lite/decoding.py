@@ -31,6 +31,10 @@ name off the model's ``forward`` signature, so older releases in the supported r
 
 Streaming: ``greedy(..., streamer=...)`` hands transformers' ``generate`` a streamer (``put(ids)`` per new token,
 ``end()``), e.g. ``transformers.TextStreamer`` printing an answer as it is decoded (one row only).
+
+Multimodal backbones (Qwen2-VL, :mod:`nemo_lite.vision`): ``model_inputs`` carries the expanded ``input_ids``
+and the image tensors beside ``inputs_embeds``, so the model computes its own M-RoPE positions; such a batch is
+prefilled in one forward (the chunked prefill above passes 1-D positions) and decodes eagerly.
 """
 
 from __future__ import annotations
@@ -137,17 +141,25 @@ def prefill(llm, embeds: torch.Tensor, mask: torch.Tensor, cache, chunk: int):
 
 
 def greedy(llm, embeds: torch.Tensor, mask: torch.Tensor, opts: GreedyOptions,
-           caches: CachePool | None = None, streamer=None) -> list[list[int]]:
+           caches: CachePool | None = None, model_inputs: dict[str, torch.Tensor] | None = None,
+           streamer=None) -> list[list[int]]:
     """embeds (B, L, H) left-padded + mask (B, L) -> new ids per row.
 
     ``caches``: compiled decoding (CUDA): take a static KV cache from this pool (see the module docstring);
-    None: a fresh dynamic cache per call (eager decoding). ``streamer``: a transformers streamer given each new
-    token as it is decoded (a batch of one row).
+    None: a fresh dynamic cache per call (eager decoding). ``model_inputs``: a multimodal backbone's extra
+    inputs (``input_ids`` (B, L) and image tensors; see the module docstring). ``streamer``: a transformers
+    streamer given each new token as it is decoded (a batch of one row).
     """
     if opts.max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {opts.max_new_tokens}")
     if streamer is not None and mask.shape[0] != 1:
         raise ValueError(f"a streamer follows one row; this batch has {mask.shape[0]}")
+    if model_inputs is not None:
+        extra = {**model_inputs, **({"streamer": streamer} if streamer is not None else {})}
+        out = llm.generate(inputs_embeds=embeds, attention_mask=mask.long(), generation_config=generation_config(opts),
+                           **extra)
+        new = out[:, model_inputs["input_ids"].shape[1]:]  # (B, new): generate returns the prompt ids too
+        return [trim(row, opts.eos_id) for row in new.tolist()]
     if caches is None:
         return _greedy(llm, embeds, mask, opts, None, streamer)
     with caches.lock:

@@ -70,18 +70,30 @@ def read_manifest(path: str | Path, errors: list[str] | None = None, allow_trunc
     return out
 
 
-class SpeechDataset(torch.utils.data.Dataset):
-    """Manifest items as ``(16 kHz float32 audio, text)``."""
+def fit_window(items: list[Utterance], seconds: float, policy: str) -> tuple[list[Utterance], int]:
+    """Clips longer than the model's window (``seconds``): ``"skip"`` drops them (returns the kept items and how
+    many were dropped), ``"truncate"`` keeps them (the dataset cuts them to the window, as the seed's Whisper
+    feature extractor did). Decided from the manifest's durations before training starts, never halfway."""
+    long = [u for u in items if u.duration > seconds]
+    if policy == "truncate" or not long:
+        return items, len(long)
+    return [u for u in items if u.duration <= seconds], len(long)
 
-    def __init__(self, items: list[Utterance]) -> None:
+
+class SpeechDataset(torch.utils.data.Dataset):
+    """Manifest items as ``(16 kHz float32 audio, text)``; ``max_samples``: longer audio cut to that length."""
+
+    def __init__(self, items: list[Utterance], max_samples: int | None = None) -> None:
         self.items = items
+        self.max_samples = max_samples
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, str]:
         item = self.items[i]
-        return load_audio(item.audio_filepath), item.text
+        audio = load_audio(item.audio_filepath)
+        return (audio if self.max_samples is None else audio[: self.max_samples]), item.text
 
 
 @dataclass
