@@ -4,16 +4,25 @@ OpenAI-compatible HTTP API (:mod:`nemo_lite.serve`, the ``[serve]`` extra).
 
 ``nemo-lite transcribe`` takes audio files, directories (scanned recursively for :data:`AUDIO_EXTENSIONS`) and
 NeMo-style manifests (``.json``/``.jsonl``, one JSON object a line with ``audio_filepath``; relative paths resolve
-against the manifest's folder; ``duration`` only sizes the progress bar, ``offset`` is not supported). Files are
-processed in groups of bounded total duration so a large folder never sits in memory at once; a file longer than
-one window is never held whole (it is scanned, then decoded window by window, see :mod:`nemo_lite.longform`).
-A bad file is reported by name on stderr and the rest are still transcribed; the exit code is then 1. A model that
-cannot be loaded prints the loader's message (which says how to use a local checkpoint) and exits 2, without a
-traceback.
+against the manifest's folder; ``duration`` is not needed, the file header is read; ``offset`` is not supported).
+Files are processed in groups of bounded total duration so a large folder never sits in memory at once; a file
+longer than one window is never held whole (it is scanned, then decoded window by window, see
+:mod:`nemo_lite.longform`).
+
+Order of checks: every input is checked first (files exist, are not empty, have a readable audio header, and a
+PCM WAV's data chunk fits in the file; manifests parse), each problem reported at once in one line, all without
+importing torch; then the flags (threads, device); the model loads only when there is something to transcribe.
+A file found damaged or undecodable while it is decoded is reported by name too; the rest are still transcribed.
+Exit codes, one-line errors, ``--debug``, ``--threads`` and the progress bar: :mod:`nemo_lite.terminal` (0 ok,
+1 some inputs failed, 2 set-up error such as a bad device or an unloadable model, 3 a bug).
+
+Argument parsing imports nothing heavy (no torch, transformers or numpy), so ``nemo-lite --help`` is fast: the
+commands import what they need when they run.
 
 Output: with ``--output-dir``, one file per input named after its stem (``.txt``, ``.json`` with text, duration and
 segments, ``.srt`` or ``.vtt``); otherwise to stdout (json: one JSON object a line, with ``audio_filepath``).
-Progress: a tqdm bar in audio seconds on stderr, then one line with total audio, wall time and RTFx.
+Progress: a bar in audio seconds on stderr (:class:`nemo_lite.terminal.Bar`), then one line with total audio, wall
+time and RTFx. ``chat`` prints its answer token by token as it is decoded.
 """
 
 from __future__ import annotations
@@ -27,7 +36,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .audio import AUDIO_EXTENSIONS, probe_duration
+from .terminal import (
+    EXIT_BAD_INPUT,
+    EXIT_OK,
+    EXIT_SETUP,
+    Bar,
+    SetupError,
+    add_run_args,
+    load_command_model,
+    prepare,
+    run,
+    say,
+)
 
 if TYPE_CHECKING:
     from .speechlm import SpeechLM
@@ -39,29 +59,36 @@ GROUP_SECONDS = 1800.0  # audio per group of files checked together: at most 30 
 GROUP_FILES = 256  # files per group at most
 MANIFEST_SUFFIXES = (".json", ".jsonl")
 FORMATS = ("txt", "json", "srt", "vtt")
-EXIT_OK, EXIT_BAD_INPUT, EXIT_SETUP = 0, 1, 2
+__all__ = ["EXIT_BAD_INPUT", "EXIT_OK", "EXIT_SETUP", "build_parser", "main"]
+load_model = load_command_model  # the name commands used before nemo_lite.terminal (raises SetupError, never None)
 
 
 @dataclass
 class Job:
     path: Path  # the audio file
-    duration: float  # seconds, from the manifest or the file header (0 when unknown)
+    duration: float  # seconds, from the file header
     out_stem: str  # output file name without suffix
 
 
 # ---------------------------------------------------------------------- inputs
 def read_manifest(path: Path) -> list[tuple[Path, float | None]]:
-    """NeMo manifest entries ``(audio path, duration)``: JSON lines, or one JSON list of objects."""
+    """NeMo manifest entries ``(audio path, duration)``: JSON lines, or one JSON list of objects; ``ValueError``
+    (or ``OSError``) naming the problem when it cannot be read."""
     text = path.read_text(encoding="utf-8")
     try:
         whole = json.loads(text)
         entries = whole if isinstance(whole, list) else [whole]
     except json.JSONDecodeError:
-        entries = [json.loads(line) for line in text.splitlines() if line.strip()]
+        entries = []
+        for n, line in enumerate(text.splitlines(), 1):
+            try:
+                entries += [json.loads(line)] if line.strip() else []
+            except json.JSONDecodeError as err:
+                raise ValueError(f"line {n} is not JSON ({err.msg})") from None
     out = []
     for n, entry in enumerate(entries, 1):
         if not isinstance(entry, dict) or "audio_filepath" not in entry:
-            raise ValueError(f"{path}: entry {n} has no 'audio_filepath'")
+            raise ValueError(f"entry {n} has no 'audio_filepath'")
         audio = Path(entry["audio_filepath"]).expanduser()
         out.append((audio if audio.is_absolute() else path.parent / audio, entry.get("duration")))
     return out
@@ -69,35 +96,45 @@ def read_manifest(path: Path) -> list[tuple[Path, float | None]]:
 
 def scan_dir(root: Path) -> list[Path]:
     """Audio files under ``root`` (recursive, by extension, hidden files skipped), sorted by path."""
+    from .audio import AUDIO_EXTENSIONS
+
     return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS
                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
 
 
-def collect_jobs(inputs: list[str], errors: list[str]) -> list[Job]:
-    """Expand files, directories and manifests into jobs with unique output stems; problems go to ``errors``."""
-    found: list[tuple[Path, float | None]] = []
+def collect_jobs(inputs: list[str], errors: list[str], allow_truncated: bool = False) -> list[Job]:
+    """Expand files, directories and manifests into jobs with unique output stems, each file checked from its
+    header (:func:`nemo_lite.audio.probe`); every problem goes to ``errors`` as one line naming the input."""
+    from .audio import AUDIO_EXTENSIONS, AudioError, probe
+
+    found: list[Path] = []
     for arg in inputs:
         path = Path(arg).expanduser()
         if path.is_dir():
             files = scan_dir(path)
             if not files:
                 errors.append(f"{arg}: no audio files ({', '.join(sorted(AUDIO_EXTENSIONS))}) in this directory")
-            found += [(f, None) for f in files]
+            found += files
         elif path.suffix.lower() in MANIFEST_SUFFIXES and path.is_file():
             try:
-                found += read_manifest(path)
+                found += [audio for audio, _ in read_manifest(path)]
             except (ValueError, OSError) as err:
-                errors.append(f"{arg}: cannot read manifest ({err})")
+                errors.append(f"{arg}: cannot read manifest ({err}); it needs one JSON object a line with "
+                              "'audio_filepath'")
         else:
-            found.append((path, None))  # missing or bad files are reported when loaded
+            found.append(path)
     jobs, used = [], set()
-    for path, duration in found:
+    for path in found:
+        try:
+            seconds = probe(path, allow_truncated)
+        except AudioError as err:
+            errors.append(str(err))
+            continue
         stem, k = path.stem, 1
         while stem in used:  # a/x.wav and b/x.wav: x, x_2
             k += 1
             stem = f"{path.stem}_{k}"
         used.add(stem)
-        seconds = float(duration) if duration is not None else (probe_duration(path) or 0.0)
         jobs.append(Job(path, seconds, stem))
     return jobs
 
@@ -146,71 +183,54 @@ def emit(job: Job, transcript: Transcript, args: argparse.Namespace, several: bo
 
 
 # ---------------------------------------------------------------------- commands
-def load_model(args: argparse.Namespace) -> SpeechLM | None:
-    """The model (either design, detected from the checkpoint), or None after printing why it cannot be loaded
-    (CheckpointError/ConfigError carry the fix)."""
-    from .auto import from_pretrained
-    from .config import ConfigError
-    from .runtime import default_device
-    from .weights import CheckpointError
-
-    try:
-        return from_pretrained(args.model, device=args.device or default_device(), dtype=args.dtype,
-                               llm_path=args.llm_path, quantize=args.quantize, merge_lora=args.merge_lora or None,
-                               encoder_dtype=args.encoder_dtype, compile=args.compile or None)
-    except (CheckpointError, ConfigError) as err:  # their messages say what to do
-        print(f"nemo-lite: cannot load model {args.model!r}: {err}", file=sys.stderr)
-        return None
-    except (RuntimeError, ValueError, OSError) as err:  # bad --device/--dtype, unreadable files
-        print(f"nemo-lite: cannot load model {args.model!r}: {err}", file=sys.stderr)
-        return None
-
-
 def cmd_transcribe(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+    errors: list[str] = []
+    jobs = collect_jobs(args.inputs, errors, args.allow_truncated)
+    for msg in errors:
+        say(msg)
+    if not jobs:
+        say("nothing to transcribe")
+        return EXIT_BAD_INPUT
+    prepare(args)
+    model = load_command_model(args)
+    if args.output_dir:
+        try:
+            Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise SetupError(f"cannot create --output-dir {args.output_dir}: {err}") from None
+    return transcribe_jobs(model, jobs, args, bad=len(errors))
 
+
+def transcribe_jobs(model: SpeechLM, jobs: list[Job], args: argparse.Namespace, bad: int = 0) -> int:
+    """Transcribe checked jobs group by group, writing each result as it is done; the exit code."""
     from .longform import ChunkOptions
     from .transcription import TranscribeOptions, load_all, transcribe_arrays
 
-    errors: list[str] = []
-    jobs = collect_jobs(args.inputs, errors)
-    for msg in errors:
-        print(f"nemo-lite: {msg}", file=sys.stderr)
-    if not jobs:
-        print("nemo-lite: nothing to transcribe", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    model = load_model(args)
-    if model is None:
-        return EXIT_SETUP
-    if args.output_dir:
-        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     opts = TranscribeOptions(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, on_error="skip",
                              chunk=ChunkOptions(max_chunk_seconds=args.max_chunk_seconds or model.window_seconds),
-                             segmentation=args.segmentation)
+                             segmentation=args.segmentation, allow_truncated=args.allow_truncated)
     timestamps = args.timestamps or args.format != "txt"  # json/srt/vtt carry segment times: speech segments
     vad = None if opts.segmentation == "fixed" else opts.vad
-    bad, done, audio_seconds, t0 = len(errors), 0, 0.0, time.perf_counter()
-    bar = tqdm(total=round(sum(j.duration for j in jobs), 2), unit="s", desc="transcribing", file=sys.stderr,
-               disable=args.quiet, bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s audio [{elapsed}<{remaining}]")
+    done, audio_seconds, t0, position = 0, 0.0, time.perf_counter(), 0.0
+    bar = Bar(sum(j.duration for j in jobs), "transcribing", disable=args.quiet)
     for group in groups(jobs):
-        loaded, failures = load_all([str(j.path) for j in group], opts.sample_rate, opts.chunk, vad)
-        for i, msg in failures:
-            bar.write(f"nemo-lite: skipped {msg}", file=sys.stderr)
-            bar.update(group[i].duration)
+        loaded, failures = load_all([str(j.path) for j in group], opts.sample_rate, opts.chunk, vad,
+                                    opts.allow_truncated, progress=bar.add)
+        for _, msg in failures:
+            say(f"skipped {msg}")
         bad += len(failures)
-        results = transcribe_arrays(model, loaded, opts, progress=lambda s: bar.update(round(s, 3)),
-                                    timestamps=timestamps)
+        results = transcribe_arrays(model, loaded, opts, progress=bar.add, timestamps=timestamps)
         for job, transcript in zip(group, results, strict=True):
             if transcript is not None:
                 audio_seconds += transcript.duration
                 done += 1
                 emit(job, transcript, args, several=len(jobs) > 1)
-    bar.update(max(0.0, bar.total - bar.n))  # header durations can differ from decoded ones by a few samples
+        position += sum(j.duration for j in group)
+        bar.reach(position)  # a skipped file's rest; header durations can differ from decoded ones by a sample
     bar.close()
     wall = time.perf_counter() - t0
-    print(f"nemo-lite: {done} file(s), {audio_seconds:.1f} s of audio in {wall:.1f} s "
-          f"wall time, RTFx {audio_seconds / max(wall, 1e-9):.1f}"
-          + (f"; {bad} input(s) failed" if bad else ""), file=sys.stderr)
+    say(f"{done} file(s), {audio_seconds:.1f} s of audio in {wall:.1f} s wall time, RTFx "
+        f"{audio_seconds / max(wall, 1e-9):.1f}" + (f"; {bad} input(s) failed" if bad else ""))
     return EXIT_BAD_INPUT if bad else EXIT_OK
 
 
@@ -220,8 +240,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
         path = Path(args.transcript)
         try:
             text = sys.stdin.read() if args.transcript == "-" else path.read_text(encoding="utf-8")
-        except OSError as err:
-            print(f"nemo-lite: cannot read transcript {args.transcript}: {err}", file=sys.stderr)
+        except (OSError, UnicodeDecodeError) as err:
+            say(f"cannot read transcript {args.transcript}: {err}")
             return EXIT_BAD_INPUT
         if path.suffix.lower() == ".json":  # our own --format json output
             try:
@@ -229,10 +249,9 @@ def cmd_chat(args: argparse.Namespace) -> int:
             except (json.JSONDecodeError, KeyError, TypeError):
                 pass  # not ours: use the file as plain text
         prompt = f"{prompt}\n\n{text.strip()}"
-    model = load_model(args)
-    if model is None:
-        return EXIT_SETUP
-    print(model.chat(prompt, max_new_tokens=args.max_new_tokens or 512))
+    prepare(args)
+    model = load_command_model(args)
+    model.chat(prompt, max_new_tokens=args.max_new_tokens or 512, streamer=answer_streamer(model.tokenizer))
     return EXIT_OK
 
 
@@ -242,7 +261,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ImportError as err:
         print(f"nemo-lite: serve needs the [serve] extra ({err}); pip install 'nemo-lite[serve]'", file=sys.stderr)
         return EXIT_SETUP
+    prepare(args)  # threads, device and dtype checked before anything starts (one line and exit 2 if wrong)
     return run(args)
+
+
+def answer_streamer(tokenizer):
+    """A transformers ``TextStreamer`` that prints the answer to stdout as it is decoded, words at a time, with
+    the outer whitespace :meth:`~nemo_lite.speechlm.SpeechLM.decode` strips left out, and a final newline."""
+    from transformers import TextStreamer
+
+    class AnswerStreamer(TextStreamer):
+        started = False  # something printed yet
+
+        def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+            if not self.started:
+                text = text.lstrip()
+                self.started = bool(text)
+            print(text.rstrip() if stream_end else text, end="\n" if stream_end else "", flush=True)
+
+    return AnswerStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
 
 
 # ---------------------------------------------------------------------- arguments
@@ -264,6 +301,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                         "batch shape compiles first, so it pays off over many files")
     p.add_argument("--merge-lora", action="store_true",
                    help="speed mode: fold the LoRA adapter into the weights for ASR (unfolded again for LLM mode)")
+    add_run_args(p)
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -298,7 +336,6 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
                    help="requests admitted at once; more get HTTP 429 (default %(default)s)")
     p.add_argument("--max-upload-mb", type=float, default=100.0, help="largest upload (default %(default)s)")
     p.add_argument("--max-audio-seconds", type=float, help="longest audio accepted (default: no limit)")
-    p.add_argument("--threads", type=int, help="torch threads of the model worker (default: torch's)")
     p.add_argument("--max-chunk-seconds", type=float,
                    help="longest audio decoded as one window (default: the model's, 40 s for Canary-Qwen); longer "
                         "uploads are cut into speech segments")
@@ -323,6 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="vad: transcribe only speech, in phrase-length segments (at most 20 s) found by Silero VAD; "
                         "fixed: contiguous windows cut at quiet points. Default: vad for long input and for "
                         "json/srt/vtt or --timestamps, else one pass for clips within the window")
+    t.add_argument("--allow-truncated", action="store_true",
+                   help="transcribe what is there of a damaged file (cut short: less audio than its header "
+                        "promises), with a one-line warning, instead of reporting it as a failed input")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_transcribe)
     c = sub.add_parser("chat", help="ask the LLM (LoRA adapter off) a question, e.g. about a transcript")
@@ -344,15 +384,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``nemo-lite COMMAND ...``: the command's exit code (:mod:`nemo_lite.terminal`)."""
     args = build_parser().parse_args(argv)
     if getattr(args, "batch_size", None) is not None and args.batch_size < 1:
-        print("nemo-lite: --batch-size must be >= 1", file=sys.stderr)
+        say("--batch-size must be >= 1")
         return EXIT_SETUP
-    try:
-        return args.func(args)
-    except KeyboardInterrupt:
-        print("nemo-lite: interrupted", file=sys.stderr)
-        return 130
+    return run(args.func, args)
 
 
 if __name__ == "__main__":

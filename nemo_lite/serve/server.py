@@ -49,9 +49,13 @@ def run(args: argparse.Namespace) -> int:
     failed = threading.Event()
 
     def load() -> Engine:
-        model = load_model(args)  # prints why it cannot load
-        if model is None:
-            raise RuntimeError(f"cannot load model {args.model!r}")
+        from ..terminal import SetupError
+
+        try:
+            model = load_model(args)
+        except SetupError as err:  # the loader's one-line reason, then the worker reports the failure
+            print(f"nemo-lite: {err}", file=sys.stderr)
+            raise RuntimeError(str(err)) from None
         if config.chunk is None:
             config.chunk = ChunkOptions(max_chunk_seconds=model.window_seconds)
         return Engine(model, config.chunk, max_new_tokens=args.max_new_tokens)

@@ -17,9 +17,9 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch only for annotations: `nemo-lite --help` builds this parser without importing it
+    import torch
 
-if TYPE_CHECKING:
     from ..whisper_adapter import WhisperLLM
 
 SHARD_BYTES = 5 << 30  # 5 GB shards, save_pretrained's default max_shard_size
