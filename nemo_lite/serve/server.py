@@ -14,10 +14,10 @@ from pathlib import Path
 import uvicorn
 
 from ..longform import ChunkOptions
+from ..terminal import EXIT_OK, EXIT_SETUP
 from .app import ServeConfig, create_app
 from .engine import Engine
 
-EXIT_OK, EXIT_SETUP = 0, 2
 API_KEY_ENV = "NEMO_LITE_API_KEY"
 
 
@@ -38,7 +38,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cli import load_model
+    from ..terminal import load_command_model as load_model
 
     config = config_from_args(args)
     for name, value in (("--max-batch-size", config.max_batch_size), ("--max-queue", config.max_queue),
