@@ -8,7 +8,9 @@ the input.
 
 A file can also be wrapped as :class:`FileAudio` and decoded in passes of small blocks (:meth:`FileAudio.pieces`),
 each giving exactly the samples :func:`load_audio` would: :mod:`nemo_lite.longform` uses this to transcribe long
-recordings without holding them.
+recordings without holding them. :meth:`FileAudio.slice` is a part of a file (NeMo manifests' ``offset`` and
+``duration``, in seconds): only that part is decoded, from a seek at the file's own rate, and it is mixed down and
+resampled like a whole file (so it equals :func:`load_audio` of the cut array at the file's rate).
 
 Damaged files: a file whose container promises more audio than it holds (a WAV or FLAC cut short by an interrupted
 copy or download) raises :class:`DamagedAudioError` saying how much is there and how much was promised, instead
@@ -93,6 +95,8 @@ class TruncatedAudioWarning(UserWarning):
 
 def describe(item: Any) -> str:
     """A short name for an input, for error messages and reports."""
+    if isinstance(item, FileAudio):
+        return item.name
     if isinstance(item, (str, os.PathLike)):
         return str(item)
     if isinstance(item, bytes):
@@ -243,8 +247,9 @@ def _open(src: Any) -> tuple[Any, int | None]:
         raise
 
 
-def _pieces(f: Any, name: str, block: int) -> Generator[np.ndarray, None, Decoded]:
-    """An open ``soundfile.SoundFile`` -> float32 mono 16 kHz pieces, front to back, ``block`` frames at a time;
+def _pieces(f: Any, name: str, block: int, frames: int = -1) -> Generator[np.ndarray, None, Decoded]:
+    """An open ``soundfile.SoundFile`` -> float32 mono 16 kHz pieces, front to back, ``block`` frames at a time,
+    from its current position to the end (or ``frames`` frames at the file's rate, when not -1: a slice);
     returns what was decoded (:class:`Decoded`: a decoder error after the first block ends the pass early).
 
     Each block is mixed down (channel mean), checked for NaN/inf and fed to soxr's streaming resampler, whose
@@ -257,23 +262,25 @@ def _pieces(f: Any, name: str, block: int) -> Generator[np.ndarray, None, Decode
     stream = None if rate == SAMPLE_RATE else soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
     done = Decoded()
     size = block
-    while True:
+    start = f.tell() if f.seekable() else 0  # a slice starts past 0
+    while frames == -1 or done.frames < frames:
+        want = size if frames == -1 else min(size, frames - done.frames)
         try:
             with quiet_stderr():
-                frames = f.read(size, dtype="float32", always_2d=True)  # (frames, channels), a fresh array
+                data = f.read(want, dtype="float32", always_2d=True)  # (frames, channels), a fresh array
         except Exception as err:  # soundfile raises LibsndfileError/RuntimeError by format
             if size > SALVAGE_BLOCK and f.seekable():  # a whole block is lost at the damage: re-read it in
-                f.seek(done.frames)  # small pieces (sample-exact for the formats that fail this way: FLAC)
+                f.seek(start + done.frames)  # small pieces (sample-exact for the formats that fail this way: FLAC)
                 size = SALVAGE_BLOCK
                 continue
             if done.frames == 0:
                 raise
             done.error = (str(err) or type(err).__name__).rstrip(".")
             break
-        if not len(frames):
+        if not len(data):
             break
-        done.frames += len(frames)
-        mono = frames.mean(axis=1) if frames.shape[1] > 1 else frames[:, 0]  # (frames,)
+        done.frames += len(data)
+        mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]  # (frames,)
         _check_finite(mono, name)
         yield stream.resample_chunk(mono) if stream else mono
     if stream is not None:
@@ -340,10 +347,24 @@ class FileAudio:
     offset: int = 0  # a file object's position when handed over: where its audio begins
     allow_truncated: bool = False  # a damaged (cut short) file: use what is there, warn once, instead of raising
     _warned: bool = field(default=False, init=False, repr=False, compare=False)  # the truncation warning was given
+    start_seconds: float = 0.0  # a slice: where it starts in the audio (NeMo manifest ``offset``)
+    seconds: float | None = None  # a slice: how long it is (NeMo manifest ``duration``); None: to the end
+
+    @classmethod
+    def slice(cls, path: str | os.PathLike, offset: float, duration: float | None = None) -> FileAudio:
+        """Part of an audio file: ``duration`` seconds (None: the rest) from ``offset`` seconds, as NeMo manifests
+        give it. Passes seek to ``round(offset * rate)`` at the file's own rate and read ``round(duration * rate)``
+        frames (lhotse, which NeMo's manifests go through, rounds seconds to samples the same way); the samples are
+        those :func:`load_audio` gives for that cut of the file's frames. Checked when a pass opens the file."""
+        span = f"{offset:g} s" + ("" if duration is None else f" + {duration:g} s")
+        return cls(os.fspath(path), f"{describe(path)} [{span}]", start_seconds=float(offset),
+                   seconds=None if duration is None else float(duration))
 
     @classmethod
     def of(cls, item: AudioInput, allow_truncated: bool = False) -> FileAudio | None:
         """``item`` as a re-readable file, or None for arrays, tensors and unseekable streams (loaded whole)."""
+        if isinstance(item, FileAudio):
+            return item
         if isinstance(item, (str, os.PathLike)):
             return cls(os.fspath(item), describe(item), allow_truncated=allow_truncated)
         if isinstance(item, (bytes, bytearray)):
@@ -371,13 +392,33 @@ class FileAudio:
         try:
             f, promised = _open(src)
             with f:
-                done = yield from _pieces(f, self.name, block)
+                limit = self._seek(f)  # a slice: seeks to its start; the frames to read (-1: to the end)
+                start = int(round(self.start_seconds * int(f.samplerate)))
+                done = yield from _pieces(f, self.name, block, limit)
+                if promised is not None:  # what this pass should have decoded of what the container promises
+                    promised = max(0, promised - start) if limit == -1 else min(limit, max(0, promised - start))
                 check_complete(self.name, done, promised, int(f.samplerate), self.allow_truncated, not self._warned)
                 self._warned = True
         except AudioError:
             raise
         except Exception as err:  # as in _decode
             raise AudioError(f"{self.name}: cannot decode audio ({err})") from err
+
+    def _seek(self, f: Any) -> int:
+        """For a slice, seek an open ``SoundFile`` to its start; returns the frames to read (-1: to the end)."""
+        if self.start_seconds == 0.0 and self.seconds is None:
+            return -1
+        if not (np.isfinite(self.start_seconds) and self.start_seconds >= 0):
+            raise AudioError(f"{self.name}: offset must be a number of seconds >= 0")
+        if self.seconds is not None and not (np.isfinite(self.seconds) and self.seconds > 0):
+            raise AudioError(f"{self.name}: duration must be a number of seconds > 0")
+        rate = int(f.samplerate)
+        start = int(round(self.start_seconds * rate))
+        if 0 <= f.frames < UNKNOWN_FRAMES and start >= f.frames:
+            raise AudioError(f"{self.name}: offset is past the end of the audio ({f.frames / rate:g} s)")
+        if start:
+            f.seek(start)
+        return -1 if self.seconds is None else max(1, int(round(self.seconds * rate)))
 
 
 def _append(out: np.ndarray, n: int, piece: np.ndarray) -> tuple[np.ndarray, int]:
@@ -407,7 +448,9 @@ def load_audio(item: AudioInput, sample_rate: int = SAMPLE_RATE, allow_truncated
     ``allow_truncated``: a damaged (cut short) file gives the audio that is there, with a warning, instead of
     :class:`DamagedAudioError`."""
     name = describe(item)
-    if isinstance(item, (str, os.PathLike)):
+    if isinstance(item, FileAudio):  # a file or a slice of one (its own allow_truncated applies)
+        data = np.concatenate([np.zeros(0, np.float32), *item.pieces(BLOCK)])
+    elif isinstance(item, (str, os.PathLike)):
         data = _decode(item, name, allow_truncated)
     elif isinstance(item, (bytes, bytearray)):
         data = _decode(io.BytesIO(item), name, allow_truncated)
@@ -439,6 +482,12 @@ def pad_to_minimum(audio: np.ndarray) -> np.ndarray:
     if len(audio) >= MIN_SAMPLES:
         return audio
     return np.pad(audio, (0, MIN_SAMPLES - len(audio)))  # (MIN_SAMPLES,)
+
+
+def audio_files(root: Path) -> list[Path]:
+    """Audio files under ``root`` (recursive, by :data:`AUDIO_EXTENSIONS`, hidden files skipped), sorted by path."""
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS
+                  and not any(part.startswith(".") for part in p.relative_to(root).parts))
 
 
 def probe_duration(path: str | os.PathLike) -> float | None:

@@ -31,7 +31,6 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -54,10 +53,6 @@ if TYPE_CHECKING:
     from .transcription import Transcript
 
 DEFAULT_MODEL = "nvidia/canary-qwen-2.5b"
-GROUP_SECONDS = 1800.0  # audio per group of files checked together: at most 30 min = 115 MB of float32 at 16 kHz
-# held (files longer than one window hold none)
-GROUP_FILES = 256  # files per group at most
-MANIFEST_SUFFIXES = (".json", ".jsonl")
 FORMATS = ("txt", "json", "srt", "vtt")
 __all__ = ["EXIT_BAD_INPUT", "EXIT_OK", "EXIT_SETUP", "build_parser", "main"]
 load_model = load_command_model  # the name commands used before nemo_lite.terminal (raises SetupError, never None)
@@ -68,12 +63,23 @@ class Job:
     path: Path  # the audio file
     duration: float  # seconds, from the file header
     out_stem: str  # output file name without suffix
+    offset: float | None = None  # a manifest slice: its start (seconds); None: the whole file
+    length: float | None = None  # a manifest slice: its duration (seconds; None: to the end)
+
+    @property
+    def audio(self):
+        """What is decoded: the file's path, or the slice of it (a FileAudio)."""
+        if self.offset is None:
+            return str(self.path)
+        from .audio import FileAudio
+
+        return FileAudio.slice(self.path, self.offset, self.length)
 
 
 # ---------------------------------------------------------------------- inputs
-def read_manifest(path: Path) -> list[tuple[Path, float | None]]:
-    """NeMo manifest entries ``(audio path, duration)``: JSON lines, or one JSON list of objects; ``ValueError``
-    (or ``OSError``) naming the problem when it cannot be read."""
+def read_manifest(path: Path) -> list[tuple[Path, float | None, float | None]]:
+    """NeMo manifest entries ``(audio path, duration, offset)``: JSON lines, or one JSON list of objects;
+    ``ValueError`` (or ``OSError``) naming the problem when it cannot be read."""
     text = path.read_text(encoding="utf-8")
     try:
         whole = json.loads(text)
@@ -90,7 +96,12 @@ def read_manifest(path: Path) -> list[tuple[Path, float | None]]:
         if not isinstance(entry, dict) or "audio_filepath" not in entry:
             raise ValueError(f"entry {n} has no 'audio_filepath'")
         audio = Path(entry["audio_filepath"]).expanduser()
-        out.append((audio if audio.is_absolute() else path.parent / audio, entry.get("duration")))
+        duration, offset = entry.get("duration"), entry.get("offset")
+        try:
+            duration, offset = [None if v is None else float(v) for v in (duration, offset)]
+        except (TypeError, ValueError):
+            raise ValueError(f"entry {n}: 'duration'/'offset' must be numbers of seconds") from None
+        out.append((audio if audio.is_absolute() else path.parent / audio, duration, offset))
     return out
 
 
@@ -106,25 +117,26 @@ def collect_jobs(inputs: list[str], errors: list[str], allow_truncated: bool = F
     """Expand files, directories and manifests into jobs with unique output stems, each file checked from its
     header (:func:`nemo_lite.audio.probe`); every problem goes to ``errors`` as one line naming the input."""
     from .audio import AUDIO_EXTENSIONS, AudioError, probe
+    from .corpus import MANIFEST_SUFFIXES
 
-    found: list[Path] = []
+    found: list[tuple[Path, float | None, float | None]] = []  # (file, duration, offset of a manifest slice)
     for arg in inputs:
         path = Path(arg).expanduser()
         if path.is_dir():
             files = scan_dir(path)
             if not files:
                 errors.append(f"{arg}: no audio files ({', '.join(sorted(AUDIO_EXTENSIONS))}) in this directory")
-            found += files
+            found += [(f, None, None) for f in files]
         elif path.suffix.lower() in MANIFEST_SUFFIXES and path.is_file():
             try:
-                found += [audio for audio, _ in read_manifest(path)]
+                found += read_manifest(path)
             except (ValueError, OSError) as err:
                 errors.append(f"{arg}: cannot read manifest ({err}); it needs one JSON object a line with "
                               "'audio_filepath'")
         else:
-            found.append(path)
+            found.append((path, None, None))
     jobs, used = [], set()
-    for path in found:
+    for path, duration, offset in found:
         try:
             seconds = probe(path, allow_truncated)
         except AudioError as err:
@@ -135,22 +147,10 @@ def collect_jobs(inputs: list[str], errors: list[str], allow_truncated: bool = F
             k += 1
             stem = f"{path.stem}_{k}"
         used.add(stem)
-        jobs.append(Job(path, seconds, stem))
+        if offset is not None:  # a slice: its own length (the file's rest without a duration)
+            seconds = duration if duration is not None else max(0.0, (seconds or 0.0) - offset)
+        jobs.append(Job(path, seconds, stem, offset, duration if offset is not None else None))
     return jobs
-
-
-def groups(jobs: list[Job]) -> Iterator[list[Job]]:
-    """Consecutive jobs up to ``GROUP_SECONDS`` of audio or ``GROUP_FILES`` files (a longer file goes alone)."""
-    group: list[Job] = []
-    total = 0.0
-    for job in jobs:
-        if group and (total + job.duration > GROUP_SECONDS or len(group) >= GROUP_FILES):
-            yield group
-            group, total = [], 0.0
-        group.append(job)
-        total += job.duration
-    if group:
-        yield group
 
 
 # ---------------------------------------------------------------------- outputs
@@ -184,6 +184,10 @@ def emit(job: Job, transcript: Transcript, args: argparse.Namespace, several: bo
 
 # ---------------------------------------------------------------------- commands
 def cmd_transcribe(args: argparse.Namespace) -> int:
+    from .corpus import torchrun_env
+
+    if args.output_manifest or args.ray or torchrun_env()[1] > 1:
+        return corpus_job(args)
     errors: list[str] = []
     jobs = collect_jobs(args.inputs, errors, args.allow_truncated)
     for msg in errors:
@@ -203,6 +207,7 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
 
 def transcribe_jobs(model: SpeechLM, jobs: list[Job], args: argparse.Namespace, bad: int = 0) -> int:
     """Transcribe checked jobs group by group, writing each result as it is done; the exit code."""
+    from .corpus import groups
     from .longform import ChunkOptions
     from .transcription import TranscribeOptions, load_all, transcribe_arrays
 
@@ -214,7 +219,7 @@ def transcribe_jobs(model: SpeechLM, jobs: list[Job], args: argparse.Namespace, 
     done, audio_seconds, t0, position = 0, 0.0, time.perf_counter(), 0.0
     bar = Bar(sum(j.duration for j in jobs), "transcribing", disable=args.quiet)
     for group in groups(jobs):
-        loaded, failures = load_all([str(j.path) for j in group], opts.sample_rate, opts.chunk, vad,
+        loaded, failures = load_all([j.audio for j in group], opts.sample_rate, opts.chunk, vad,
                                     opts.allow_truncated, progress=bar.add)
         for _, msg in failures:
             say(f"skipped {msg}")
@@ -232,6 +237,37 @@ def transcribe_jobs(model: SpeechLM, jobs: list[Job], args: argparse.Namespace, 
     say(f"{done} file(s), {audio_seconds:.1f} s of audio in {wall:.1f} s wall time, RTFx "
         f"{audio_seconds / max(wall, 1e-9):.1f}" + (f"; {bad} input(s) failed" if bad else ""))
     return EXIT_BAD_INPUT if bad else EXIT_OK
+
+
+def model_kwargs(args: argparse.Namespace) -> dict:
+    """``from_pretrained`` keyword arguments from the model flags (``device`` None: the machine's default)."""
+    return dict(device=args.device, dtype=args.dtype, llm_path=args.llm_path, quantize=args.quantize,
+                merge_lora=args.merge_lora or None, encoder_dtype=args.encoder_dtype, compile=args.compile or None)
+
+
+def corpus_job(args: argparse.Namespace) -> int:
+    """``--output-manifest`` (one process, or a torchrun rank) and ``--ray``: the runners of :mod:`nemo_lite.corpus`
+    and :mod:`nemo_lite.ray_runner`."""
+    from .corpus import run_corpus, torchrun_env
+
+    problem = None
+    if not args.output_manifest:
+        problem = "torchrun and --ray write an output manifest: add --output-manifest OUT.jsonl"
+    elif args.output_dir:
+        problem = "--output-manifest and --output-dir: choose one"
+    elif args.ray and torchrun_env()[1] > 1:
+        problem = "--ray and torchrun: choose one"
+    elif args.workers < 1:
+        problem = "--workers must be >= 1"
+    if problem:
+        raise SetupError(problem)
+    if args.ray:
+        from .ray_runner import run_ray
+
+        return run_ray(args, model_kwargs(args))
+    if torchrun_env()[1] == 1:  # one process: threads/device checked here (torchrun ranks pick theirs)
+        prepare(args)
+    return run_corpus(args, load_model)
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
@@ -364,6 +400,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="transcribe what is there of a damaged file (cut short: less audio than its header "
                         "promises), with a one-line warning, instead of reporting it as a failed input")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--output-manifest", metavar="OUT.jsonl",
+                   help="write one JSON line per input (its manifest fields + pred_text, or error) as inputs finish; "
+                        "run again to resume (finished inputs are skipped, failed ones retried); manifests' "
+                        "offset/duration slices are honoured; needed under torchrun and with --ray")
+    t.add_argument("--overwrite", action="store_true", help="--output-manifest: start afresh instead of resuming")
+    t.add_argument("--ray", action="store_true", help="transcribe on a Ray cluster (pip install 'nemo-lite[ray]')")
+    t.add_argument("--ray-address", help="Ray cluster to join (HOST:6379, or auto: the one 'ray start' began on "
+                   "this machine); default: RAY_ADDRESS, else a new local cluster for this command")
+    t.add_argument("--workers", type=int, default=1, help="--ray: model replicas (actors), each with one GPU "
+                   "when --device is cuda or the cluster has GPUs (default %(default)s)")
     t.set_defaults(func=cmd_transcribe)
     c = sub.add_parser("chat", help="ask the LLM (LoRA adapter off) a question, e.g. about a transcript")
     c.add_argument("prompt")

@@ -32,6 +32,10 @@ good input's whole duration; a failed input's share is whatever its scan credite
 
 Damaged files (cut short, see :mod:`nemo_lite.audio`) are bad inputs like undecodable ones, unless
 ``TranscribeOptions.allow_truncated``: then the audio that is there is transcribed, with one warning.
+Finished inputs as they come: :func:`transcribe_arrays` takes ``on_done``, called after each decoding batch with
+the inputs whose last window that batch decoded (an input without speech: at once), so a caller can write each
+result as soon as it exists (:mod:`nemo_lite.corpus` appends them to an output manifest) instead of after the
+whole list.
 
 Token budget: unless ``max_new_tokens`` is given, each window gets ``8 tokens/s + 32`` (at least 128), far above
 speech rates. A row decoded in a batch is cut to its own budget, so batched results equal one-by-one results.
@@ -77,6 +81,7 @@ SCAN_SHARE = 0.1  # of an input's progress credited while it is decoded and scan
 
 Progress = Callable[[float], None]  # called with the audio seconds just finished
 Loaded = np.ndarray | LongAudio  # a checked input: 16 kHz samples in memory, or a long file read per window
+Done = Callable[[list[tuple[int, "Transcript"]]], None]  # inputs finished by a decoding batch: (index, transcript)
 
 
 @dataclass
@@ -214,6 +219,7 @@ def batch_failure(items: Sequence[AudioInput], failures: list[tuple[int, str]]) 
 def decode_windows(
     model: SpeechModel, loaded: list[Loaded | None], windows: list[_Window], opts: TranscribeOptions,
     progress: Progress | None = None, credit: list[float] | None = None,
+    on_batch: Callable[[list[int], list[str]], None] | None = None,
 ) -> list[str]:
     """Text per window, ``batch_size`` windows per ``generate`` call, texts in window order (``None``:
     :func:`~nemo_lite.runtime.default_batch_size` of the model's device).
@@ -223,7 +229,7 @@ def decode_windows(
 
     ``progress`` is called with audio seconds done: half of a window's ``credit`` (default: its length) when it is
     encoded, one encoder group at a time, the other half when its batch is decoded, so a long file's bar moves
-    several times per batch.
+    several times per batch. ``on_batch`` is called after each batch with its window indices and their texts.
     """
     credit = credit or [(w.end - w.start) / SAMPLE_RATE for w in windows]
     streamed = [k for k, w in enumerate(windows) if isinstance(loaded[w.item], LongAudio)]
@@ -244,6 +250,8 @@ def decode_windows(
         release_freed_memory()
         if progress is not None:
             progress(sum(halves))
+        if on_batch is not None:
+            on_batch(chunk, [texts[k] for k in chunk])
     return texts
 
 
@@ -281,13 +289,14 @@ def _windows(x: Loaded, chunk: ChunkOptions) -> list[tuple[int, int]]:
 
 def transcribe_arrays(
     model: SpeechModel, loaded: list[Loaded | None], opts: TranscribeOptions, progress: Progress | None = None,
-    timestamps: bool = False,
+    timestamps: bool = False, on_done: Done | None = None,
 ) -> list[Transcript | None]:
     """Checked inputs from :func:`load_all` (None: skipped) -> one :class:`Transcript` each.
 
     ``progress`` gets ``1 - SCAN_SHARE`` of every input's duration in all (the rest was credited by
     :func:`load_all`): the silence before, between and after speech segments is credited to the segment that
-    follows it (the last one takes the tail; an input without speech is credited at once)."""
+    follows it (the last one takes the tail; an input without speech is credited at once). ``on_done`` gets
+    ``(index, transcript)`` pairs as inputs finish (module docstring)."""
     rest = 1.0 - SCAN_SHARE
     windows: list[_Window] = []
     credit: list[float] = []
@@ -303,19 +312,39 @@ def transcribe_arrays(
             prev = stop
         if not spans and progress is not None:
             progress(rest * _length(x) / SAMPLE_RATE)
+    out: list[Transcript | None] = [None if x is None else Transcript("", [], _length(x) / SAMPLE_RATE)
+                                    for x in loaded]
+    of_item: list[list[int]] = [[] for _ in loaded]  # window indices per input, in time order
+    for k, w in enumerate(windows):
+        of_item[w.item].append(k)
+    left = [len(ks) for ks in of_item]  # windows not yet decoded, per input
+    texts: dict[int, str] = {}  # window index -> text, as batches finish
+
+    def finish(batch: list[int], batch_texts: list[str]) -> None:
+        done = []
+        for k, text in zip(batch, batch_texts, strict=True):
+            texts[k] = text
+            left[windows[k].item] -= 1
+            if left[windows[k].item] == 0:
+                done.append(windows[k].item)
+        for i in done:
+            t = out[i]
+            assert t is not None
+            t.segments = [Segment(windows[k].start / SAMPLE_RATE, windows[k].end / SAMPLE_RATE, texts.pop(k))
+                          for k in of_item[i]]
+            t.text = " ".join(s.text.strip() for s in t.segments if s.text.strip())
+        if done and on_done is not None:
+            on_done([(i, out[i]) for i in sorted(done)])  # type: ignore[misc]
+
+    silent = [(i, t) for i, t in enumerate(out) if t is not None and not of_item[i]]  # no speech: finished now
+    if silent and on_done is not None:
+        on_done(silent)  # type: ignore[arg-type]
     try:
-        texts = decode_windows(model, loaded, windows, opts, progress, credit)
+        decode_windows(model, loaded, windows, opts, progress, credit, on_batch=finish)
     finally:
         for x in loaded:
             if isinstance(x, LongAudio):
                 x.close()
-    out: list[Transcript | None] = [None if x is None else Transcript("", [], _length(x) / SAMPLE_RATE)
-                                    for x in loaded]
-    for w, text in zip(windows, texts, strict=True):
-        out[w.item].segments.append(Segment(w.start / SAMPLE_RATE, w.end / SAMPLE_RATE, text))  # type: ignore[union-attr]
-    for t in out:
-        if t is not None:
-            t.text = " ".join(s.text.strip() for s in t.segments if s.text.strip())
     return out
 
 
