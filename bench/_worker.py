@@ -188,9 +188,9 @@ class WhisperRunner(LiteRunner):
             self.model.encoder.to(torch.bfloat16)
         quantize = kwargs.pop("quantize", None)
         if quantize in ("int8", "int8-all"):
-            speed.quantize_int8(self.llm)
+            speed.quantize(self.llm, "int8")
         if quantize == "int8-all":  # the Whisper encoder's linear layers, as int8-all does for the FastConformer
-            speed.quantize_int8(self.model.encoder)
+            speed.quantize(self.model.encoder, "int8")
         if kwargs:
             raise ValueError(f"mode arguments not supported for WhisperLLM: {sorted(kwargs)}")
 

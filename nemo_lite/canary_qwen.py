@@ -73,6 +73,13 @@ class CanaryQwen(SpeechLM):
     def window_seconds(self) -> float:
         return WINDOW_SECONDS
 
+    def audio_frames(self, samples: int) -> int:
+        from .audio import MIN_SAMPLES
+        from .encoder import encoder_lengths
+
+        mel = self.perception.preprocessor.frame_lengths(torch.tensor([max(samples, MIN_SAMPLES)]))
+        return int(encoder_lengths(mel, self.perception.encoder.config.subsampling_factor)[0])
+
     # ------------------------------------------------------------------ loading
     @classmethod
     def from_pretrained(

@@ -1,22 +1,28 @@
 """The ``nemo-lite`` command: ``transcribe`` files, folders and NeMo manifests; ``chat`` with the LLM (adapter off);
-``train`` from a config (:mod:`nemo_lite.training`); ``eval`` (:mod:`nemo_lite.evaluate`).
+``train`` from a config (:mod:`nemo_lite.training`); ``eval`` (:mod:`nemo_lite.evaluate`); ``serve`` an
+OpenAI-compatible HTTP API (:mod:`nemo_lite.serve`, the ``[serve]`` extra).
 
 ``nemo-lite transcribe`` takes audio files, directories (scanned recursively for :data:`AUDIO_EXTENSIONS`) and
 NeMo-style manifests (``.json``/``.jsonl``, one JSON object a line with ``audio_filepath``; relative paths resolve
-against the manifest's folder; a line with ``offset`` is that slice of its file, ``duration`` long (to the end
-without one); otherwise ``duration`` only sizes the progress bar). Files are
-processed in groups of bounded total duration so a large folder never sits in memory at once; a file longer than
-one window is never held whole (it is scanned, then decoded window by window, see :mod:`nemo_lite.longform`).
-A bad file is reported by name on stderr and the rest are still transcribed; the exit code is then 1. A model that
-cannot be loaded prints the loader's message (which says how to use a local checkpoint) and exits 2, without a
-traceback.
+against the manifest's folder; ``duration`` is not needed, the file header is read; ``offset`` is not supported).
+Files are processed in groups of bounded total duration so a large folder never sits in memory at once; a file
+longer than one window is never held whole (it is scanned, then decoded window by window, see
+:mod:`nemo_lite.longform`).
+
+Order of checks: every input is checked first (files exist, are not empty, have a readable audio header, and a
+PCM WAV's data chunk fits in the file; manifests parse), each problem reported at once in one line, all without
+importing torch; then the flags (threads, device); the model loads only when there is something to transcribe.
+A file found damaged or undecodable while it is decoded is reported by name too; the rest are still transcribed.
+Exit codes, one-line errors, ``--debug``, ``--threads`` and the progress bar: :mod:`nemo_lite.terminal` (0 ok,
+1 some inputs failed, 2 set-up error such as a bad device or an unloadable model, 3 a bug).
+
+Argument parsing imports nothing heavy (no torch, transformers or numpy), so ``nemo-lite --help`` is fast: the
+commands import what they need when they run.
 
 Output: with ``--output-dir``, one file per input named after its stem (``.txt``, ``.json`` with text, duration and
 segments, ``.srt`` or ``.vtt``); otherwise to stdout (json: one JSON object a line, with ``audio_filepath``).
-With ``--output-manifest OUT.jsonl``, one NeMo-style line per input (its manifest fields + ``pred_text``, honouring
-``offset``/``duration`` slices), written as inputs finish and resumable; also the mode for ``torchrun`` and
-``--ray`` (see :mod:`nemo_lite.corpus` and :mod:`nemo_lite.ray_runner`).
-Progress: a tqdm bar in audio seconds on stderr, then one line with total audio, wall time and RTFx.
+Progress: a bar in audio seconds on stderr (:class:`nemo_lite.terminal.Bar`), then one line with total audio, wall
+time and RTFx. ``chat`` prints its answer token by token as it is decoded.
 """
 
 from __future__ import annotations
@@ -29,8 +35,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .audio import AUDIO_EXTENSIONS, FileAudio, audio_files, probe_duration
-from .corpus import MANIFEST_SUFFIXES, groups, read_manifest_lines, torchrun_env
+from .terminal import (
+    EXIT_BAD_INPUT,
+    EXIT_OK,
+    EXIT_SETUP,
+    Bar,
+    SetupError,
+    add_run_args,
+    load_command_model,
+    prepare,
+    run,
+    say,
+)
 
 if TYPE_CHECKING:
     from .speechlm import SpeechLM
@@ -38,42 +54,72 @@ if TYPE_CHECKING:
 
 DEFAULT_MODEL = "nvidia/canary-qwen-2.5b"
 FORMATS = ("txt", "json", "srt", "vtt")
-EXIT_OK, EXIT_BAD_INPUT, EXIT_SETUP = 0, 1, 2
+__all__ = ["EXIT_BAD_INPUT", "EXIT_OK", "EXIT_SETUP", "build_parser", "main"]
+load_model = load_command_model  # the name commands used before nemo_lite.terminal (raises SetupError, never None)
 
 
 @dataclass
 class Job:
     path: Path  # the audio file
-    duration: float  # seconds, from the manifest or the file header (0 when unknown)
+    duration: float  # seconds, from the file header
     out_stem: str  # output file name without suffix
     offset: float | None = None  # a manifest slice: its start (seconds); None: the whole file
     length: float | None = None  # a manifest slice: its duration (seconds; None: to the end)
 
     @property
-    def audio(self) -> str | FileAudio:
-        """What is decoded: the file, or the slice of it."""
-        return str(self.path) if self.offset is None else FileAudio.slice(self.path, self.offset, self.length)
+    def audio(self):
+        """What is decoded: the file's path, or the slice of it (a FileAudio)."""
+        if self.offset is None:
+            return str(self.path)
+        from .audio import FileAudio
+
+        return FileAudio.slice(self.path, self.offset, self.length)
 
 
 # ---------------------------------------------------------------------- inputs
 def read_manifest(path: Path) -> list[tuple[Path, float | None, float | None]]:
-    """NeMo manifest entries ``(audio path, duration, offset)``: JSON lines, or one JSON list of objects."""
+    """NeMo manifest entries ``(audio path, duration, offset)``: JSON lines, or one JSON list of objects;
+    ``ValueError`` (or ``OSError``) naming the problem when it cannot be read."""
+    text = path.read_text(encoding="utf-8")
+    try:
+        whole = json.loads(text)
+        entries = whole if isinstance(whole, list) else [whole]
+    except json.JSONDecodeError:
+        entries = []
+        for n, line in enumerate(text.splitlines(), 1):
+            try:
+                entries += [json.loads(line)] if line.strip() else []
+            except json.JSONDecodeError as err:
+                raise ValueError(f"line {n} is not JSON ({err.msg})") from None
     out = []
-    for fields, audio in read_manifest_lines(path):
-        duration, offset = fields.get("duration"), fields.get("offset")
-        out.append((Path(audio), None if duration is None else float(duration),
-                    None if offset is None else float(offset)))
+    for n, entry in enumerate(entries, 1):
+        if not isinstance(entry, dict) or "audio_filepath" not in entry:
+            raise ValueError(f"entry {n} has no 'audio_filepath'")
+        audio = Path(entry["audio_filepath"]).expanduser()
+        duration, offset = entry.get("duration"), entry.get("offset")
+        try:
+            duration, offset = [None if v is None else float(v) for v in (duration, offset)]
+        except (TypeError, ValueError):
+            raise ValueError(f"entry {n}: 'duration'/'offset' must be numbers of seconds") from None
+        out.append((audio if audio.is_absolute() else path.parent / audio, duration, offset))
     return out
 
 
 def scan_dir(root: Path) -> list[Path]:
     """Audio files under ``root`` (recursive, by extension, hidden files skipped), sorted by path."""
-    return audio_files(root)
+    from .audio import AUDIO_EXTENSIONS
+
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS
+                  and not any(part.startswith(".") for part in p.relative_to(root).parts))
 
 
-def collect_jobs(inputs: list[str], errors: list[str]) -> list[Job]:
-    """Expand files, directories and manifests into jobs with unique output stems; problems go to ``errors``."""
-    found: list[tuple[Path, float | None, float | None]] = []
+def collect_jobs(inputs: list[str], errors: list[str], allow_truncated: bool = False) -> list[Job]:
+    """Expand files, directories and manifests into jobs with unique output stems, each file checked from its
+    header (:func:`nemo_lite.audio.probe`); every problem goes to ``errors`` as one line naming the input."""
+    from .audio import AUDIO_EXTENSIONS, AudioError, probe
+    from .corpus import MANIFEST_SUFFIXES
+
+    found: list[tuple[Path, float | None, float | None]] = []  # (file, duration, offset of a manifest slice)
     for arg in inputs:
         path = Path(arg).expanduser()
         if path.is_dir():
@@ -84,18 +130,25 @@ def collect_jobs(inputs: list[str], errors: list[str]) -> list[Job]:
         elif path.suffix.lower() in MANIFEST_SUFFIXES and path.is_file():
             try:
                 found += read_manifest(path)
-            except (ValueError, TypeError, OSError) as err:
-                errors.append(f"{arg}: cannot read manifest ({err})")
+            except (ValueError, OSError) as err:
+                errors.append(f"{arg}: cannot read manifest ({err}); it needs one JSON object a line with "
+                              "'audio_filepath'")
         else:
-            found.append((path, None, None))  # missing or bad files are reported when loaded
+            found.append((path, None, None))
     jobs, used = [], set()
     for path, duration, offset in found:
+        try:
+            seconds = probe(path, allow_truncated)
+        except AudioError as err:
+            errors.append(str(err))
+            continue
         stem, k = path.stem, 1
         while stem in used:  # a/x.wav and b/x.wav: x, x_2
             k += 1
             stem = f"{path.stem}_{k}"
         used.add(stem)
-        seconds = duration if duration is not None else (probe_duration(path) or 0.0)
+        if offset is not None:  # a slice: its own length (the file's rest without a duration)
+            seconds = duration if duration is not None else max(0.0, (seconds or 0.0) - offset)
         jobs.append(Job(path, seconds, stem, offset, duration if offset is not None else None))
     return jobs
 
@@ -130,83 +183,73 @@ def emit(job: Job, transcript: Transcript, args: argparse.Namespace, several: bo
 
 
 # ---------------------------------------------------------------------- commands
+def cmd_transcribe(args: argparse.Namespace) -> int:
+    from .corpus import torchrun_env
+
+    if args.output_manifest or args.ray or torchrun_env()[1] > 1:
+        return corpus_job(args)
+    errors: list[str] = []
+    jobs = collect_jobs(args.inputs, errors, args.allow_truncated)
+    for msg in errors:
+        say(msg)
+    if not jobs:
+        say("nothing to transcribe")
+        return EXIT_BAD_INPUT
+    prepare(args)
+    model = load_command_model(args)
+    if args.output_dir:
+        try:
+            Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise SetupError(f"cannot create --output-dir {args.output_dir}: {err}") from None
+    return transcribe_jobs(model, jobs, args, bad=len(errors))
+
+
+def transcribe_jobs(model: SpeechLM, jobs: list[Job], args: argparse.Namespace, bad: int = 0) -> int:
+    """Transcribe checked jobs group by group, writing each result as it is done; the exit code."""
+    from .corpus import groups
+    from .longform import ChunkOptions
+    from .transcription import TranscribeOptions, load_all, transcribe_arrays
+
+    opts = TranscribeOptions(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, on_error="skip",
+                             chunk=ChunkOptions(max_chunk_seconds=args.max_chunk_seconds or model.window_seconds),
+                             segmentation=args.segmentation, allow_truncated=args.allow_truncated)
+    timestamps = args.timestamps or args.format != "txt"  # json/srt/vtt carry segment times: speech segments
+    vad = None if opts.segmentation == "fixed" else opts.vad
+    done, audio_seconds, t0, position = 0, 0.0, time.perf_counter(), 0.0
+    bar = Bar(sum(j.duration for j in jobs), "transcribing", disable=args.quiet)
+    for group in groups(jobs):
+        loaded, failures = load_all([j.audio for j in group], opts.sample_rate, opts.chunk, vad,
+                                    opts.allow_truncated, progress=bar.add)
+        for _, msg in failures:
+            say(f"skipped {msg}")
+        bad += len(failures)
+        results = transcribe_arrays(model, loaded, opts, progress=bar.add, timestamps=timestamps)
+        for job, transcript in zip(group, results, strict=True):
+            if transcript is not None:
+                audio_seconds += transcript.duration
+                done += 1
+                emit(job, transcript, args, several=len(jobs) > 1)
+        position += sum(j.duration for j in group)
+        bar.reach(position)  # a skipped file's rest; header durations can differ from decoded ones by a sample
+    bar.close()
+    wall = time.perf_counter() - t0
+    say(f"{done} file(s), {audio_seconds:.1f} s of audio in {wall:.1f} s wall time, RTFx "
+        f"{audio_seconds / max(wall, 1e-9):.1f}" + (f"; {bad} input(s) failed" if bad else ""))
+    return EXIT_BAD_INPUT if bad else EXIT_OK
+
+
 def model_kwargs(args: argparse.Namespace) -> dict:
     """``from_pretrained`` keyword arguments from the model flags (``device`` None: the machine's default)."""
     return dict(device=args.device, dtype=args.dtype, llm_path=args.llm_path, quantize=args.quantize,
                 merge_lora=args.merge_lora or None, encoder_dtype=args.encoder_dtype, compile=args.compile or None)
 
 
-def load_model(args: argparse.Namespace) -> SpeechLM | None:
-    """The model (either design, detected from the checkpoint), or None after printing why it cannot be loaded
-    (CheckpointError/ConfigError carry the fix)."""
-    from .auto import from_pretrained
-    from .config import ConfigError
-    from .runtime import default_device
-    from .weights import CheckpointError
-
-    try:
-        return from_pretrained(args.model, **(model_kwargs(args) | {"device": args.device or default_device()}))
-    except (CheckpointError, ConfigError) as err:  # their messages say what to do
-        print(f"nemo-lite: cannot load model {args.model!r}: {err}", file=sys.stderr)
-        return None
-    except (RuntimeError, ValueError, OSError) as err:  # bad --device/--dtype, unreadable files
-        print(f"nemo-lite: cannot load model {args.model!r}: {err}", file=sys.stderr)
-        return None
-
-
-def cmd_transcribe(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from .longform import ChunkOptions
-    from .transcription import TranscribeOptions, load_all, transcribe_arrays
-
-    if args.output_manifest or args.ray or torchrun_env()[1] > 1:
-        return corpus_job(args)
-    errors: list[str] = []
-    jobs = collect_jobs(args.inputs, errors)
-    for msg in errors:
-        print(f"nemo-lite: {msg}", file=sys.stderr)
-    if not jobs:
-        print("nemo-lite: nothing to transcribe", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    model = load_model(args)
-    if model is None:
-        return EXIT_SETUP
-    if args.output_dir:
-        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-    opts = TranscribeOptions(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, on_error="skip",
-                             chunk=ChunkOptions(max_chunk_seconds=args.max_chunk_seconds or model.window_seconds),
-                             segmentation=args.segmentation)
-    timestamps = args.timestamps or args.format != "txt"  # json/srt/vtt carry segment times: speech segments
-    vad = None if opts.segmentation == "fixed" else opts.vad
-    bad, done, audio_seconds, t0 = len(errors), 0, 0.0, time.perf_counter()
-    bar = tqdm(total=round(sum(j.duration for j in jobs), 2), unit="s", desc="transcribing", file=sys.stderr,
-               disable=args.quiet, bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s audio [{elapsed}<{remaining}]")
-    for group in groups(jobs):
-        loaded, failures = load_all([j.audio for j in group], opts.sample_rate, opts.chunk, vad)
-        for i, msg in failures:
-            bar.write(f"nemo-lite: skipped {msg}", file=sys.stderr)
-            bar.update(group[i].duration)
-        bad += len(failures)
-        results = transcribe_arrays(model, loaded, opts, progress=lambda s: bar.update(round(s, 3)),
-                                    timestamps=timestamps)
-        for job, transcript in zip(group, results, strict=True):
-            if transcript is not None:
-                audio_seconds += transcript.duration
-                done += 1
-                emit(job, transcript, args, several=len(jobs) > 1)
-    bar.update(max(0.0, bar.total - bar.n))  # header durations can differ from decoded ones by a few samples
-    bar.close()
-    wall = time.perf_counter() - t0
-    print(f"nemo-lite: {done} file(s), {audio_seconds:.1f} s of audio in {wall:.1f} s "
-          f"wall time, RTFx {audio_seconds / max(wall, 1e-9):.1f}"
-          + (f"; {bad} input(s) failed" if bad else ""), file=sys.stderr)
-    return EXIT_BAD_INPUT if bad else EXIT_OK
-
-
 def corpus_job(args: argparse.Namespace) -> int:
     """``--output-manifest`` (one process, or a torchrun rank) and ``--ray``: the runners of :mod:`nemo_lite.corpus`
     and :mod:`nemo_lite.ray_runner`."""
+    from .corpus import run_corpus, torchrun_env
+
     problem = None
     if not args.output_manifest:
         problem = "torchrun and --ray write an output manifest: add --output-manifest OUT.jsonl"
@@ -217,14 +260,13 @@ def corpus_job(args: argparse.Namespace) -> int:
     elif args.workers < 1:
         problem = "--workers must be >= 1"
     if problem:
-        print(f"nemo-lite: {problem}", file=sys.stderr)
-        return EXIT_SETUP
+        raise SetupError(problem)
     if args.ray:
         from .ray_runner import run_ray
 
         return run_ray(args, model_kwargs(args))
-    from .corpus import run_corpus
-
+    if torchrun_env()[1] == 1:  # one process: threads/device checked here (torchrun ranks pick theirs)
+        prepare(args)
     return run_corpus(args, load_model)
 
 
@@ -234,8 +276,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
         path = Path(args.transcript)
         try:
             text = sys.stdin.read() if args.transcript == "-" else path.read_text(encoding="utf-8")
-        except OSError as err:
-            print(f"nemo-lite: cannot read transcript {args.transcript}: {err}", file=sys.stderr)
+        except (OSError, UnicodeDecodeError) as err:
+            say(f"cannot read transcript {args.transcript}: {err}")
             return EXIT_BAD_INPUT
         if path.suffix.lower() == ".json":  # our own --format json output
             try:
@@ -243,11 +285,37 @@ def cmd_chat(args: argparse.Namespace) -> int:
             except (json.JSONDecodeError, KeyError, TypeError):
                 pass  # not ours: use the file as plain text
         prompt = f"{prompt}\n\n{text.strip()}"
-    model = load_model(args)
-    if model is None:
-        return EXIT_SETUP
-    print(model.chat(prompt, max_new_tokens=args.max_new_tokens or 512))
+    prepare(args)
+    model = load_command_model(args)
+    model.chat(prompt, max_new_tokens=args.max_new_tokens or 512, streamer=answer_streamer(model.tokenizer))
     return EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from .serve.server import run
+    except ImportError as err:
+        print(f"nemo-lite: serve needs the [serve] extra ({err}); pip install 'nemo-lite[serve]'", file=sys.stderr)
+        return EXIT_SETUP
+    prepare(args)  # threads, device and dtype checked before anything starts (one line and exit 2 if wrong)
+    return run(args)
+
+
+def answer_streamer(tokenizer):
+    """A transformers ``TextStreamer`` that prints the answer to stdout as it is decoded, words at a time, with
+    the outer whitespace :meth:`~nemo_lite.speechlm.SpeechLM.decode` strips left out, and a final newline."""
+    from transformers import TextStreamer
+
+    class AnswerStreamer(TextStreamer):
+        started = False  # something printed yet
+
+        def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+            if not self.started:
+                text = text.lstrip()
+                self.started = bool(text)
+            print(text.rstrip() if stream_end else text, end="\n" if stream_end else "", flush=True)
+
+    return AnswerStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
 
 
 # ---------------------------------------------------------------------- arguments
@@ -261,14 +329,54 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--encoder-dtype", help="the FastConformer's own compute dtype (default: --dtype); "
                    "'--quantize int8 --encoder-dtype bfloat16' is the fastest CPU mode that keeps exact mode's WER")
     p.add_argument("--max-new-tokens", type=int, help="tokens per window/answer (default: from the duration)")
-    p.add_argument("--quantize", choices=["int8", "int8-all"],
-                   help="speed mode (CPU): int8 dynamic quantization of the LLM's linear layers; int8-all: the "
+    p.add_argument("--quantize", choices=["int8", "int4", "int8-all"],
+                   help="speed mode (CPU): weight-only int8 (or int4) linear layers in the LLM; int8-all: the "
                         "encoder's too")
     p.add_argument("--compile", action="store_true",
                    help="speed mode (CUDA): static KV cache + torch.compile'd decoding steps (CUDA graphs); each new "
                         "batch shape compiles first, so it pays off over many files")
     p.add_argument("--merge-lora", action="store_true",
                    help="speed mode: fold the LoRA adapter into the weights for ASR (unfolded again for LLM mode)")
+    add_run_args(p)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """What this machine offers: the CPU's instruction set (what the quantized and bf16 kernels can use), torch and
+    the accelerators it sees."""
+    import torch
+
+    from .cpu import cpu_info, describe
+
+    info = cpu_info()
+    print(describe())
+    print(f"torch {torch.__version__}; CUDA: {torch.cuda.is_available()}; threads: {torch.get_num_threads()}")
+    advice = "bf16 compute is native here" if info.native_bf16() else \
+        "no native bf16: keep compute in fp32 (exact) or use --quantize int8 (weight-only, bf16 kernels in registers)"
+    print(f"advice: {advice}")
+    return EXIT_OK
+
+
+def add_serve_parser(subparsers) -> argparse.ArgumentParser:
+    """``nemo-lite serve``: the model flags of ``transcribe`` plus the server's."""
+    p = subparsers.add_parser("serve", help="OpenAI-compatible HTTP server: /v1/audio/transcriptions, "
+                              "/v1/chat/completions, a web page at /")
+    _model_args(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
+    p.add_argument("--port", type=int, default=8000, help="port (default %(default)s)")
+    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1/* (default: env NEMO_LITE_API_KEY)")
+    p.add_argument("--max-batch-size", type=int, default=8,
+                   help="rows decoded together across requests (default %(default)s; 64 or more on a GPU)")
+    p.add_argument("--batch-wait-ms", type=float, default=10.0,
+                   help="how long a request may wait for a batch to fill (default %(default)s)")
+    p.add_argument("--max-queue", type=int, default=64,
+                   help="requests admitted at once; more get HTTP 429 (default %(default)s)")
+    p.add_argument("--max-upload-mb", type=float, default=100.0, help="largest upload (default %(default)s)")
+    p.add_argument("--max-audio-seconds", type=float, help="longest audio accepted (default: no limit)")
+    p.add_argument("--max-chunk-seconds", type=float,
+                   help="longest audio decoded as one window (default: the model's, 40 s for Canary-Qwen); longer "
+                        "uploads are cut into speech segments")
+    p.set_defaults(func=cmd_serve)
+    return p
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -288,6 +396,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="vad: transcribe only speech, in phrase-length segments (at most 20 s) found by Silero VAD; "
                         "fixed: contiguous windows cut at quiet points. Default: vad for long input and for "
                         "json/srt/vtt or --timestamps, else one pass for clips within the window")
+    t.add_argument("--allow-truncated", action="store_true",
+                   help="transcribe what is there of a damaged file (cut short: less audio than its header "
+                        "promises), with a one-line warning, instead of reporting it as a failed input")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.add_argument("--output-manifest", metavar="OUT.jsonl",
                    help="write one JSON line per input (its manifest fields + pred_text, or error) as inputs finish; "
@@ -305,24 +416,26 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--transcript", help="text file (or our .json output, or - for stdin) appended to the prompt")
     _model_args(c)
     c.set_defaults(func=cmd_chat)
+    i = sub.add_parser("info", help="what this machine offers: CPU instruction set, torch, accelerators")
+    i.set_defaults(func=cmd_info)
     from .evaluate import add_eval_parser
     from .training.command import add_train_parser
+    from .training.publish import add_export_parser
 
     add_train_parser(sub)  # nemo-lite train --config CONFIG (stage 1/2, both architectures; torchrun-ready)
+    add_export_parser(sub)  # nemo-lite export MODEL OUT --merge-lora (the Qwen2-VL adapter's published layout)
     add_eval_parser(sub)  # nemo-lite eval MANIFEST --model M (WER/CER after Whisper normalisation, RTFx)
+    add_serve_parser(sub)  # nemo-lite serve --model M (FastAPI/uvicorn, imported only when it runs)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``nemo-lite COMMAND ...``: the command's exit code (:mod:`nemo_lite.terminal`)."""
     args = build_parser().parse_args(argv)
     if getattr(args, "batch_size", None) is not None and args.batch_size < 1:
-        print("nemo-lite: --batch-size must be >= 1", file=sys.stderr)
+        say("--batch-size must be >= 1")
         return EXIT_SETUP
-    try:
-        return args.func(args)
-    except KeyboardInterrupt:
-        print("nemo-lite: interrupted", file=sys.stderr)
-        return 130
+    return run(args.func, args)
 
 
 if __name__ == "__main__":

@@ -24,12 +24,25 @@ longer one replaces it; ``CachePool.clear()`` frees them all. A transcription ru
 shapes, and the GPU holds one cache per row count (64 rows x 1024 positions of Qwen3-1.7B in bf16: 7.5 GB), not
 one per length. Same greedy algorithm;
 ids can differ from eager bf16 where bf16 rounding differs between fused and unfused kernels.
+
+The KV cache is passed as ``cache=`` where the installed transformers names it so (5.24 renamed
+``past_key_values`` and warns on the old name, a FutureWarning per long file); :func:`cache_kwarg` reads the
+name off the model's ``forward`` signature, so older releases in the supported range get ``past_key_values``.
+
+Streaming: ``greedy(..., streamer=...)`` hands transformers' ``generate`` a streamer (``put(ids)`` per new token,
+``end()``), e.g. ``transformers.TextStreamer`` printing an answer as it is decoded (one row only).
+
+Multimodal backbones (Qwen2-VL, :mod:`nemo_lite.vision`): ``model_inputs`` carries the expanded ``input_ids``
+and the image tensors beside ``inputs_embeds``, so the model computes its own M-RoPE positions; such a batch is
+prefilled in one forward (the chunked prefill above passes 1-D positions) and decodes eagerly.
 """
 
 from __future__ import annotations
 
+import inspect
 import threading
 from dataclasses import dataclass
+from functools import cache
 from typing import TYPE_CHECKING
 
 import torch
@@ -82,6 +95,16 @@ class CachePool:
             self.caches.clear()
 
 
+@cache
+def _forward_takes_cache(cls: type) -> bool:
+    return "cache" in inspect.signature(cls.forward).parameters
+
+
+def cache_kwarg(llm) -> str:
+    """The keyword this transformers release takes a KV cache under: ``cache`` (5.24 on) or ``past_key_values``."""
+    return "cache" if _forward_takes_cache(type(base_causal_lm(llm))) else "past_key_values"
+
+
 def generation_config(opts: GreedyOptions) -> GenerationConfig:
     from transformers import GenerationConfig
 
@@ -109,38 +132,55 @@ def prefill(llm, embeds: torch.Tensor, mask: torch.Tensor, cache, chunk: int):
     """
     positions = position_ids(mask)  # (B, L)
     padded = not bool(mask.all())  # generate drops an all-ones mask; mirror it so kernels match
+    key = cache_kwarg(llm)
     for start in range(0, embeds.shape[1], chunk):
         end = min(start + chunk, embeds.shape[1])
         llm(inputs_embeds=embeds[:, start:end], attention_mask=mask[:, :end].long() if padded else None,
-            position_ids=positions[:, start:end], past_key_values=cache, use_cache=True, logits_to_keep=1)
+            position_ids=positions[:, start:end], use_cache=True, logits_to_keep=1, **{key: cache})
     return cache
 
 
 def greedy(llm, embeds: torch.Tensor, mask: torch.Tensor, opts: GreedyOptions,
-           caches: CachePool | None = None) -> list[list[int]]:
+           caches: CachePool | None = None, model_inputs: dict[str, torch.Tensor] | None = None,
+           streamer=None) -> list[list[int]]:
     """embeds (B, L, H) left-padded + mask (B, L) -> new ids per row.
 
     ``caches``: compiled decoding (CUDA): take a static KV cache from this pool (see the module docstring);
-    None: a fresh dynamic cache per call (eager decoding).
+    None: a fresh dynamic cache per call (eager decoding). ``model_inputs``: a multimodal backbone's extra
+    inputs (``input_ids`` (B, L) and image tensors; see the module docstring). ``streamer``: a transformers
+    streamer given each new token as it is decoded (a batch of one row).
     """
     if opts.max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {opts.max_new_tokens}")
+    if streamer is not None and mask.shape[0] != 1:
+        raise ValueError(f"a streamer follows one row; this batch has {mask.shape[0]}")
+    if model_inputs is not None:
+        extra = {**model_inputs, **({"streamer": streamer} if streamer is not None else {})}
+        out = llm.generate(inputs_embeds=embeds, attention_mask=mask.long(), generation_config=generation_config(opts),
+                           **extra)
+        new = out[:, model_inputs["input_ids"].shape[1]:]  # (B, new): generate returns the prompt ids too
+        return [trim(row, opts.eos_id) for row in new.tolist()]
     if caches is None:
-        return _greedy(llm, embeds, mask, opts, None)
+        return _greedy(llm, embeds, mask, opts, None, streamer)
     with caches.lock:
-        return _greedy(llm, embeds, mask, opts, caches.get(llm, mask.shape[0], mask.shape[1] + opts.max_new_tokens))
+        cache = caches.get(llm, mask.shape[0], mask.shape[1] + opts.max_new_tokens)
+        return _greedy(llm, embeds, mask, opts, cache, streamer)
 
 
-def _greedy(llm, embeds: torch.Tensor, mask: torch.Tensor, opts: GreedyOptions, cache) -> list[list[int]]:
+def _greedy(llm, embeds: torch.Tensor, mask: torch.Tensor, opts: GreedyOptions, cache, streamer=None
+            ) -> list[list[int]]:
     from transformers import DynamicCache
 
     batch, length = mask.shape
     budget = opts.prefill_tokens or prefill_budget(embeds.device)
-    kwargs = {} if cache is None else {"past_key_values": cache}
+    key = cache_kwarg(llm)
+    kwargs = {} if cache is None else {key: cache}
     if batch * length > budget and length > 1:
         chunk = max(1, budget // batch)
         cache = cache if cache is not None else DynamicCache(config=base_causal_lm(llm).config)
-        kwargs["past_key_values"] = prefill(llm, embeds[:, :-1], mask[:, :-1], cache, chunk)
+        kwargs[key] = prefill(llm, embeds[:, :-1], mask[:, :-1], cache, chunk)
+    if streamer is not None:
+        kwargs["streamer"] = streamer
     out = llm.generate(inputs_embeds=embeds, attention_mask=mask.long(), generation_config=generation_config(opts),
                        **kwargs)
     return [trim(row, opts.eos_id) for row in out.tolist()]

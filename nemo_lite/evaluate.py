@@ -1,6 +1,7 @@
 """Evaluation: WER and CER over a manifest, RTFx, and a per-utterance JSONL with a word diff.
 
-Works for any model with ``transcribe(list_of_paths) -> list[str]`` (CanaryQwen, WhisperLLM). Scoring follows the
+Works for any model with :meth:`~nemo_lite.speechlm.SpeechLM.transcribe` (CanaryQwen, WhisperLLM; a list of paths ->
+list[str], with ``on_error="skip"``, ``progress`` and ``allow_truncated``). Scoring follows the
 Open ASR Leaderboard: references and hypotheses both go through Whisper's ``EnglishTextNormalizer``
 (``transformers.models.whisper.english_normalizer``: lower case, punctuation and filler words removed, numbers
 and contractions standardised), then jiwer aligns them. Its ``english_spelling_mapping`` argument (British ->
@@ -12,18 +13,26 @@ Corpus figures: WER = (S + D + I) / reference words and CER = character edits / 
 included, as jiwer counts them), both summed over utterances, not averaged per utterance. An utterance whose
 normalised reference is empty counts its hypothesis words/characters as insertions. RTFx = audio seconds /
 transcription wall seconds (model loading excluded).
+
+Bad inputs: ``nemo-lite eval`` checks every manifest entry's audio before the model loads (as ``transcribe``
+does) and names each bad one in one line; the rest are transcribed and scored, ``EvalResult.failed`` counts the
+left-out utterances, and the exit code is 1. :func:`evaluate` itself leaves out utterances ``transcribe`` could
+not read (``on_error="skip"``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .training.data import read_manifest
+from .terminal import EXIT_BAD_INPUT, EXIT_OK, Bar, SetupError, add_run_args, load_command_model, prepare, say
+
+if TYPE_CHECKING:
+    from .training.data import Utterance
 
 
 @dataclass
@@ -48,6 +57,7 @@ class EvalResult:
     audio_seconds: float  # audio transcribed
     wall_seconds: float  # transcription time
     rtfx: float  # audio_seconds / wall_seconds
+    failed: int = 0  # utterances left out: their audio could not be read (named on stderr by the command)
 
 
 def normalizer(spelling_mapping: str | Path | dict | None = None):
@@ -126,23 +136,31 @@ def score(references: list[str], hypotheses: list[str], normalize=None) -> tuple
     return words, chars, rows
 
 
-def evaluate(model, manifest: str | Path, output: str | Path | None = None, batch_size: int | None = None,
-             spelling_mapping: str | Path | dict | None = None, max_new_tokens: int | None = None) -> EvalResult:
+def evaluate(model, manifest: str | Path | list[Utterance], output: str | Path | None = None,
+             batch_size: int | None = None, spelling_mapping: str | Path | dict | None = None,
+             max_new_tokens: int | None = None, progress=None, allow_truncated: bool = False) -> EvalResult:
     """Transcribe every manifest entry with ``model.transcribe`` and score it; ``output``: per-utterance JSONL.
-    ``max_new_tokens``: per clip/window (default: the model's own budget)."""
-    items = read_manifest(manifest)
+    ``manifest``: a JSONL path or its entries (:func:`nemo_lite.training.data.read_manifest`). ``max_new_tokens``:
+    per clip/window (default: the model's own budget). ``progress``: called with audio seconds as they are done.
+    Entries whose audio cannot be read are left out of the scores and counted in ``failed``."""
+    from .training.data import read_manifest
+
+    items = read_manifest(manifest) if isinstance(manifest, (str, Path)) else list(manifest)
     t0 = time.perf_counter()
     kwargs = {"max_new_tokens": max_new_tokens} if max_new_tokens else {}
-    hyps = model.transcribe([str(u.audio_filepath) for u in items], batch_size=batch_size, **kwargs)
+    hyps = model.transcribe([str(u.audio_filepath) for u in items], batch_size=batch_size, on_error="skip",
+                            progress=progress, allow_truncated=allow_truncated, **kwargs)
     wall = time.perf_counter() - t0
-    words, chars, rows = score([u.text for u in items], hyps, normalizer(spelling_mapping))
-    audio = sum(u.duration for u in items)
+    kept = [(u, h) for u, h in zip(items, hyps, strict=True) if h is not None]
+    words, chars, rows = score([u.text for u, _ in kept], [h for _, h in kept], normalizer(spelling_mapping))
+    audio = sum(u.duration for u, _ in kept)
     if output is not None:
         with open(output, "w", encoding="utf-8") as f:
-            for u, row in zip(items, rows, strict=True):
+            for (u, _), row in zip(kept, rows, strict=True):
                 line = {"audio_filepath": str(u.audio_filepath), "duration": u.duration, **row}
                 f.write(json.dumps(line, ensure_ascii=False) + "\n")
-    return EvalResult(words.rate, chars.rate, len(items), words.total, audio, wall, audio / max(wall, 1e-9))
+    return EvalResult(words.rate, chars.rate, len(kept), words.total, audio, wall, audio / max(wall, 1e-9),
+                      len(items) - len(kept))
 
 
 def load_model(path: str, device: str | None = None, dtype: str | None = None, llm_path: str | None = None):
@@ -155,22 +173,38 @@ def load_model(path: str, device: str | None = None, dtype: str | None = None, l
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    """``nemo-lite eval``: inputs checked, then flags, then the model (as ``transcribe``); exit 1 when some
+    utterances could not be read."""
+    from .training.data import read_manifest
+
     try:
         require_jiwer()  # before the model loads: say it at once
     except ImportError as err:
-        print(f"nemo-lite: {err}", file=sys.stderr)
-        return 2
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    model = load_model(args.model, args.device, args.dtype, args.llm_path)
-    result = evaluate(model, args.manifest, args.output, args.batch_size, args.spelling_mapping, args.max_new_tokens)
+        raise SetupError(str(err)) from None
+    errors: list[str] = []
+    try:
+        items = read_manifest(args.manifest, errors, allow_truncated=args.allow_truncated)
+    except (ValueError, OSError) as err:
+        say(f"cannot read manifest {args.manifest}: {err}")
+        return EXIT_BAD_INPUT
+    for msg in errors:
+        say(msg)
+    if not items:
+        say("nothing to evaluate")
+        return EXIT_BAD_INPUT
+    prepare(args)
+    model = load_command_model(args)
+    bar = Bar(sum(u.duration for u in items), "evaluating", disable=args.quiet)
+    result = evaluate(model, items, args.output, args.batch_size, args.spelling_mapping, args.max_new_tokens,
+                      progress=bar.add, allow_truncated=args.allow_truncated)
+    bar.close()
+    result.failed += len(errors)
     print(json.dumps(asdict(result), indent=1))
     where = f"; per-utterance results in {args.output}" if args.output else ""
-    print(f"nemo-lite: WER {100 * result.wer:.2f} %, CER {100 * result.cer:.2f} % over {result.utterances} "
-          f"utterance(s), RTFx {result.rtfx:.1f}{where}", file=sys.stderr)
-    return 0
+    failed = f"; {result.failed} utterance(s) left out (unreadable audio)" if result.failed else ""
+    say(f"WER {100 * result.wer:.2f} %, CER {100 * result.cer:.2f} % over {result.utterances} utterance(s), "
+        f"RTFx {result.rtfx:.1f}{where}{failed}")
+    return EXIT_BAD_INPUT if result.failed else EXIT_OK
 
 
 def add_eval_parser(subparsers) -> argparse.ArgumentParser:
@@ -185,7 +219,9 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--llm-path", help="local LLM config + tokenizer dir, when a Canary checkpoint's LLM is offline")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available, else cpu)")
     p.add_argument("--dtype", help="float32, bfloat16 or float16 (default: float32 on cpu)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's, one per core); 1 is fastest for "
-                   "tiny models, and far faster when other processes share the cores (OpenMP threads spin-wait)")
+    p.add_argument("--allow-truncated", action="store_true",
+                   help="score what is there of a damaged (cut short) file instead of leaving it out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_run_args(p)
     p.set_defaults(func=cmd_eval)
     return p

@@ -22,7 +22,7 @@ as they are.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -215,20 +215,24 @@ class LongAudio:
         self._pass, self._head, self._head_start = None, _EMPTY, 0
 
 
-def scan(file: FileAudio, opts: ChunkOptions = ChunkOptions(), detector: VoiceDetector | None = None
-         ) -> np.ndarray | LongAudio:
+def scan(file: FileAudio, opts: ChunkOptions = ChunkOptions(), detector: VoiceDetector | None = None,
+         progress: Callable[[int], None] | None = None) -> np.ndarray | LongAudio:
     """Decode ``file`` once: its samples if they fit one window, else a :class:`LongAudio` holding none.
 
     The pass checks what :func:`~nemo_lite.audio.load_audio` checks (missing, empty or undecodable file, NaN/inf
     samples, no samples at all) and raises the same :class:`AudioError`; the windows are those
     :func:`split_windows` cuts from the loaded array. ``detector``: a voice-activity detector fed the same pieces
-    (one decoding pass for both); a long file keeps it (:attr:`LongAudio.detector`), finished.
+    (one decoding pass for both); a long file keeps it (:attr:`LongAudio.detector`), finished. ``progress``:
+    called with the 16 kHz samples of each piece scanned. A damaged (cut short) file raises
+    :class:`~nemo_lite.audio.DamagedAudioError` at the end of the pass unless ``file.allow_truncated``.
     """
     splitter = WindowSplitter(opts)
     for piece in file.pieces():
         splitter.feed(piece)
         if detector is not None:
             detector.feed(piece)
+        if progress is not None:
+            progress(len(piece))
     windows = splitter.finish()
     if splitter.total == 0:
         raise AudioError(f"{file.name}: audio is empty (0 samples)")

@@ -22,7 +22,7 @@ from .runtime import resolve_dtype
 if TYPE_CHECKING:
     import torch
 
-QUANT_MODES = (None, "int8", "int8-all")  # int8: the LLM's linear layers; int8-all: the FastConformer's too
+QUANT_MODES = (None, "int8", "int4", "int8-all")  # the LLM's linear layers int8 or int4; int8-all: encoder's too
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class LoadOptions:
     device: str | None = None  # "cpu" (None), "cuda", "cuda:1", "mps", ...
     dtype: str | None = None  # compute dtype name; None: fp32 on CPU (NeMo's compute), bf16 on accelerators
     encoder_dtype: str | None = None  # the audio encoder's own compute dtype; None: `dtype`
-    quantize: str | None = None  # None | "int8" (CPU: the LLM's linear layers) | "int8-all" (the encoder's too)
+    quantize: str | None = None  # None | "int8" | "int4" (CPU: the LLM's linear layers) | "int8-all" (+ encoder)
     merge_lora: bool = False  # fold LoRA into the weights for ASR (unfolded again for LLM mode); not bit-exact
     compact_encoder: bool | None = None  # encoder layers held in the file's narrower dtype, widened per call;
     # None: on when computing fp32 from a bf16/fp16 file (bit-identical, 1.6 GB less at full size)
@@ -45,10 +45,10 @@ class LoadOptions:
         if self.quantize not in QUANT_MODES:
             raise ValueError(f"quantize={self.quantize!r} not supported; use one of {QUANT_MODES}")
         if self.quantize and self.merge_lora:
-            raise ValueError("merge_lora cannot be combined with quantize: int8 weights cannot be unmerged for "
-                             "LLM mode (int8 keeps LoRA as a cheap float side path instead)")
+            raise ValueError("merge_lora cannot be combined with quantize: quantized weights cannot be unmerged for "
+                             "LLM mode (quantized modes keep LoRA as a cheap float side path instead)")
         if self.quantize and (device.type != "cpu" or dtype != _fp32()):
-            raise ValueError(f"quantize={self.quantize!r} is a CPU mode on an fp32 model (int8 weights, fp32 "
+            raise ValueError(f"quantize={self.quantize!r} is a CPU mode on an fp32 model (quantized weights, fp32 "
                              "activations); on a GPU use dtype='bfloat16'")
         if self.quantize == "int8-all" and self.encoder_dtype is not None:
             raise ValueError("encoder_dtype cannot be combined with quantize='int8-all' (its encoder is int8)")

@@ -7,10 +7,17 @@ Figures behind the defaults (README, Performance; WORKLOG sessions 2-3):
 - CPU: decoding 8 rows at once gives ~4x the tokens/s of one row; the encoder and prefill are compute-bound, so
   their batches are bounded by memory (one 40 s clip's worth), not speed.
 - GPU (H100): RTFx 10 at batch 1, 322 at 32, 695 at 128; larger encoder and prefill batches keep the card busy.
+- CPU threads (:func:`default_threads`, README "Threads"): torch's OpenMP threads spin-wait for each other, so
+  one that shares its core with another process stalls every kernel: on 2 cores loaded by other jobs (load
+  average 6-12), 2 threads transcribed with the tiny model 3.4-11x slower than 1 (``bench/threads.py``), and
+  the full-size model's two-thread runs swung 10x; on an idle machine more cores pay off for the compute-bound
+  full-size encoder. So the default takes the cores that are free now: the cores this process may use minus the
+  load average.
 """
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 from .audio import SAMPLE_RATE
@@ -70,6 +77,33 @@ def check_device(device: torch.device | str) -> torch.device:
     if dev.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"device {str(device)!r} cannot be used: MPS is not available on this machine")
     return dev
+
+
+def default_threads() -> int:
+    """CPU threads for torch when the caller does not say: the cores this process may use (its affinity mask) minus
+    the machine's 1-minute load average, rounded, at least 1 (all of them where no load average exists)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):  # Windows
+        return cores
+    return max(1, min(cores, cores - round(load)))
+
+
+def set_threads(threads: int | None = None) -> int:
+    """Set torch's CPU threads: ``threads`` (0: torch's own default, one per core), else ``OMP_NUM_THREADS`` when
+    the environment sets it, else :func:`default_threads`. Returns the number in use."""
+    import torch
+
+    if threads is None and os.environ.get("OMP_NUM_THREADS"):
+        return torch.get_num_threads()  # torch already read it at import
+    if threads == 0:
+        threads = os.cpu_count() or 1
+    torch.set_num_threads(threads or default_threads())
+    return torch.get_num_threads()
 
 
 def default_batch_size(device: torch.device) -> int:

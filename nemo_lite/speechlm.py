@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import decoding, speed
+from . import decoding, speed, vision
 from .audio import SAMPLE_RATE, AudioInput, load_audio, pad_to_minimum
 from .injection import build_inputs_embeds
 from .llm import adapter_disabled, contiguous_head_input, input_embeddings
@@ -76,9 +76,18 @@ class SpeechLM(nn.Module):
         """The longest audio one prompt takes (longer inputs are cut into windows by transcription)."""
         raise NotImplementedError
 
+    def audio_frames(self, samples: int) -> int:
+        """LLM positions the audio of ``samples`` 16 kHz samples takes in a prompt (its embedding's length)."""
+        raise NotImplementedError
+
     def encoder_samples(self, samples: int) -> int:
         """Samples the encoder actually processes for a clip of ``samples`` (a design that pads says so)."""
         return samples
+
+    @property
+    def has_vision(self) -> bool:
+        """Whether prompts may hold images (``vision.IMAGE_TAG``): the LLM has a vision tower (Qwen2-VL)."""
+        return False
 
     # ------------------------------------------------------------------ shared
     @property
@@ -152,6 +161,8 @@ class SpeechLM(nn.Module):
         max_new_tokens: int = 128,
         sample_rate: int = SAMPLE_RATE,
         batch_size: int | None = None,
+        images: Sequence[vision.ImageInput] | None = None,
+        streamer=None,
     ) -> list[list[int]]:
         """Greedy answers, one list of new token ids per prompt row (up to and including the first <|im_end|>).
 
@@ -159,8 +170,18 @@ class SpeechLM(nn.Module):
         appear anywhere, several times; ``audios`` are consumed in tag order. Without ``prompts``, each audio gets
         :meth:`asr_prompt`. Rows without audio run the plain LLM (LoRA off). ``batch_size``: rows per decoding
         call (default :func:`~nemo_lite.runtime.default_batch_size`: 8 on CPU, 64 on a GPU); rows are sorted by
-        audio length so similar rows share a batch, and results come back in input order.
+        audio length so similar rows share a batch, and results come back in input order. ``streamer``: a
+        transformers streamer (``put``/``end``, e.g. ``TextStreamer``) fed each new token as it is decoded; one
+        prompt row only.
+
+        ``images`` (a model with :attr:`has_vision`): paths, PIL images or (H, W, 3) uint8 arrays, consumed in
+        the order of the prompts' image tags (``<|vision_start|><|image_pad|><|vision_end|>``, one per image);
+        audio and images may share a prompt. A model without a vision tower refuses images.
         """
+        images = list(images or [])
+        if images and not self.has_vision:
+            raise ValueError(f"this {type(self).__name__} has no vision tower (its LLM is text-only): it cannot take "
+                             "images; a Qwen2-VL backbone can")
         batch_size = default_batch_size(self.device) if batch_size is None else batch_size
         # Deliberate departure from NeMo: clips under 20 ms are zero-padded to 20 ms; NeMo would give them no
         # audio frame (< 160 samples) or a NaN std (1 mel frame) (nemo/collections/asr/parts/preprocessing/features.py).
@@ -173,7 +194,11 @@ class SpeechLM(nn.Module):
             raise ValueError("prompts must be lists of {'role', 'content'} turns (one list per row); pass audio as "
                              "audios=[...]")
         rows = [self.prompt_ids(p) for p in prompts]
+        if streamer is not None and len(rows) != 1:
+            raise ValueError(f"a streamer follows one answer; {len(rows)} prompts were given")
         row_audios = _assign_audios(rows, arrays, self.audio_tag_id)
+        image_id = self.tokenizer.convert_tokens_to_ids(vision.IMAGE_PAD) if self.has_vision else None
+        row_images = _assign_audios(rows, images, image_id, "image") if image_id is not None else [[] for _ in rows]
         results: list[list[int] | None] = [None] * len(rows)
         for has_audio in (True, False):
             idx = [i for i in range(len(rows)) if bool(row_audios[i]) == has_audio]
@@ -182,7 +207,8 @@ class SpeechLM(nn.Module):
                 chunk = idx[start:start + batch_size]
                 flat = [a for i in chunk for a in row_audios[i]]
                 embeds = self.embed_audio(flat) if flat else []
-                out = self.decode_rows([rows[i] for i in chunk], embeds, max_new_tokens)
+                pictures = [im for i in chunk for im in row_images[i]]
+                out = self.decode_rows([rows[i] for i in chunk], embeds, max_new_tokens, pictures, streamer)
                 for i, ids in zip(chunk, out, strict=True):
                     results[i] = ids
         return results  # type: ignore[return-value]
@@ -201,18 +227,25 @@ class SpeechLM(nn.Module):
         return self.decode_rows([self.prompt_ids(p) for p in prompts], list(audio_embeds), max_new_tokens)
 
     @torch.inference_mode()
-    def decode_rows(self, rows: list[torch.Tensor], audio_embeds: list[torch.Tensor], max_new_tokens: int
-                    ) -> list[list[int]]:
-        """One decoding batch: prompt id rows + the embeddings of their audio tags, in tag order -> new ids per row.
-        Rows are all with audio (adapter on) or all without (LLM mode: adapter off)."""
-        embeds, mask = build_inputs_embeds(rows, input_embeddings(self.llm), self.audio_tag_id, audio_embeds)
+    def decode_rows(self, rows: list[torch.Tensor], audio_embeds: list[torch.Tensor], max_new_tokens: int,
+                    images: list | None = None, streamer=None) -> list[list[int]]:
+        """One decoding batch: prompt id rows + the embeddings of their audio tags (and the images of their image
+        tags), in tag order -> new ids per row. Rows are all with audio (adapter on) or all without (LLM mode:
+        adapter off). ``streamer``: see :meth:`generate`."""
         options = decoding.GreedyOptions(max_new_tokens=max_new_tokens, eos_id=self.eos_id, pad_id=self.pad_id)
+        extra, caches = None, self.caches
+        if self.has_vision:  # the model embeds images and computes its M-RoPE positions itself (nemo_lite.vision)
+            embeds, mask, extra = vision.multimodal_inputs(self.llm, rows, self.audio_tag_id, audio_embeds,
+                                                           images or [], self.image_processor, self.pad_id)
+            caches = None
+        else:
+            embeds, mask = build_inputs_embeds(rows, input_embeddings(self.llm), self.audio_tag_id, audio_embeds)
         if audio_embeds:
             if self.merged_lora:
                 speed.ensure_merged(self.llm)
-            return decoding.greedy(self.llm, embeds, mask, options, self.caches)
+            return decoding.greedy(self.llm, embeds, mask, options, caches, extra, streamer)
         with adapter_disabled(self.llm):  # LLM mode: plain LLM, as NeMo under llm.disable_adapter()
-            return decoding.greedy(self.llm, embeds, mask, options, self.caches)
+            return decoding.greedy(self.llm, embeds, mask, options, caches, extra, streamer)
 
     def decode(self, ids: list[int]) -> str:
         """New ids -> text (special tokens dropped, outer whitespace stripped)."""
@@ -229,6 +262,7 @@ class SpeechLM(nn.Module):
         on_error: str = "raise",
         progress: Callable[[float], None] | None = None,
         segmentation: str | None = None,
+        allow_truncated: bool = False,
     ):
         """Transcribe one input or a list of inputs (results in input order).
 
@@ -255,8 +289,12 @@ class SpeechLM(nn.Module):
 
         Bad inputs raise :class:`~nemo_lite.audio.AudioError`. ``on_error="raise"`` (default) checks every input
         before any model work and raises one error naming all bad inputs (``.failures``: ``(index, message)``);
-        ``on_error="skip"`` returns ``None`` for them and transcribes the rest. ``progress``: called with the audio
-        seconds finished after each batch.
+        ``on_error="skip"`` returns ``None`` for them and transcribes the rest. A damaged file (cut short: fewer
+        samples than its header promises) is a bad input (:class:`~nemo_lite.audio.DamagedAudioError`) unless
+        ``allow_truncated=True``, which transcribes the audio that is there and warns once
+        (:class:`~nemo_lite.audio.TruncatedAudioWarning`). ``progress``: called with audio seconds as work is
+        done (while inputs are scanned, per encoder group and per decoded batch); they add up to the duration
+        of the inputs transcribed.
         """
         from .longform import ChunkOptions
         from .transcription import TranscribeOptions, transcribe
@@ -264,7 +302,8 @@ class SpeechLM(nn.Module):
         seconds = max_chunk_seconds or self.window_seconds
         chunk = ChunkOptions(max_chunk_seconds=seconds, search_seconds=min(5.0, seconds / 2))
         opts = TranscribeOptions(batch_size=batch_size, max_new_tokens=max_new_tokens, sample_rate=sample_rate,
-                                 chunk=chunk, on_error=on_error, segmentation=segmentation)
+                                 chunk=chunk, on_error=on_error, segmentation=segmentation,
+                                 allow_truncated=allow_truncated)
         return transcribe(self, audio, opts, timestamps=timestamps, progress=progress)
 
     def chat(
@@ -273,14 +312,22 @@ class SpeechLM(nn.Module):
         audios: AudioInput | Sequence[AudioInput] | None = None,
         max_new_tokens: int = 256,
         sample_rate: int = SAMPLE_RATE,
+        images: vision.ImageInput | Sequence[vision.ImageInput] | None = None,
+        streamer=None,
     ) -> str:
         """One greedy answer to a dialog (a string is one user turn). Without audio it runs the plain LLM (LoRA
         off, NeMo's LLM mode), e.g. ``chat(f"Summarize this transcript:\\n{text}")``. With ``audios``, the
-        messages must hold one audio tag (:attr:`audio_tag`) per audio."""
+        messages must hold one audio tag (:attr:`audio_tag`) per audio; with ``images`` (a Qwen2-VL backbone), one
+        ``vision.IMAGE_TAG`` per image. ``streamer``: gets the answer token by token as it is decoded (e.g.
+        ``transformers.TextStreamer(model.tokenizer, skip_special_tokens=True)`` prints it); the full answer is
+        still returned."""
         turns = [{"role": "user", "content": messages}] if isinstance(messages, str) else list(messages)
         if audios is not None and not isinstance(audios, (list, tuple)):
             audios = [audios]
-        ids = self.generate(prompts=[turns], audios=audios, max_new_tokens=max_new_tokens, sample_rate=sample_rate)
+        if images is not None and not isinstance(images, (list, tuple)):
+            images = [images]
+        ids = self.generate(prompts=[turns], audios=audios, max_new_tokens=max_new_tokens, sample_rate=sample_rate,
+                            images=images, streamer=streamer)
         return self.decode(ids[0])
 
     def _apply_speed_options(self) -> None:
@@ -292,18 +339,18 @@ class SpeechLM(nn.Module):
             speed.merge_lora(self.llm)
             self.merged_lora = True
         if self.options.quantize:
-            speed.quantize_int8(self.llm)
+            speed.quantize(self.llm, "int4" if self.options.quantize == "int4" else "int8")
         if self.options.quantize == "int8-all":
-            speed.quantize_int8(self.audio_encoder)
-        contiguous_head_input(self.llm)  # int8 swapped the head module: give the new one the hook
+            speed.quantize(self.audio_encoder, "int8")
+        contiguous_head_input(self.llm)  # quantizing swapped the head module: give the new one the hook
         release_freed_memory()  # the load's temporaries
 
 
-def _assign_audios(rows: list[torch.Tensor], arrays: list[np.ndarray], tag_id: int) -> list[list[np.ndarray]]:
-    """Audios to prompt rows, in order of their tags; the counts must match exactly."""
+def _assign_audios(rows: list[torch.Tensor], arrays: list, tag_id: int, what: str = "audio") -> list[list]:
+    """Audios (or images) to prompt rows, in order of their tags; the counts must match exactly."""
     counts = [int((r == tag_id).sum()) for r in rows]
     if sum(counts) != len(arrays):
-        raise ValueError(f"the prompts hold {sum(counts)} audio tag(s) but {len(arrays)} audio(s) were given")
+        raise ValueError(f"the prompts hold {sum(counts)} {what} tag(s) but {len(arrays)} {what}(s) were given")
     out, k = [], 0
     for n in counts:
         out.append(arrays[k:k + n])

@@ -259,3 +259,115 @@ def write_random_llm(path: str | os.PathLike, config: dict, seed: int = 0) -> Pa
              if not (tied and k == "lm_head.weight")}
     save_file(state, str(Path(path) / "model.safetensors"))
     return Path(path)
+
+
+# ---------------------------------------------------------------------- the Qwen2-VL audio adapter (seed layout)
+QWEN2_VL_VOCAB = 151657  # Qwen2-VL's tokenizer: ids 0..151656 (<|video_pad|> = 151656 is its last added token)
+SEED_AUDIO_PAD_ID = 151657  # the seed's graft script adds <|audio_pad|> right after them
+TINY_QWEN2_VL_TEXT = {  # a 2-layer, width-64 Qwen2-VL text model; M-RoPE sections sum to head_dim / 2 = 8
+    "vocab_size": 151936, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+    "num_attention_heads": 4, "num_key_value_heads": 2, "tie_word_embeddings": False,
+    "rope_parameters": {"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 1e6},
+}
+TINY_QWEN2_VL_VISION = {  # one block, 14 px patches merged 2 x 2 into one 64-wide token (= the text width)
+    "depth": 1, "embed_dim": 32, "hidden_size": 64, "num_heads": 2, "mlp_ratio": 2, "patch_size": 14,
+    "spatial_merge_size": 2, "temporal_patch_size": 2,
+}
+TINY_IMAGE_PIXELS = (56 * 56, 112 * 112)  # image processor min/max pixels: 4 to 16 image tokens per image
+
+
+def write_seed_tokenizer(path: str | os.PathLike) -> Path:
+    """A tokenizer like the seed's: Qwen2-VL's (= the Qwen3 files less the tokens Qwen3 added after
+    ``<|video_pad|>``: ``<tool_call>`` ... ``</think>``, ids 151657-151668) + ``<|audio_pad|>`` = 151657.
+
+    Qwen2-VL's real tokenizer holds the same BPE vocabulary and the same 14 added tokens (151643-151656:
+    ``<|endoftext|>``, ``<|im_start|>``, ``<|im_end|>``, ..., ``<|vision_start|>``, ``<|vision_end|>``,
+    ``<|vision_pad|>``, ``<|image_pad|>``, ``<|video_pad|>``); ``<|audio_bos|>``/``<|audio_eos|>`` stay plain text.
+    """
+    from transformers import AutoTokenizer
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    src = tokenizer_dir()
+    tok = json.loads((src / "tokenizer.json").read_text())
+    tok["added_tokens"] = [t for t in tok["added_tokens"] if t["id"] < QWEN2_VL_VOCAB]
+    (path / "tokenizer.json").write_text(json.dumps(tok, ensure_ascii=False))
+    cfg = json.loads((src / "tokenizer_config.json").read_text())
+    cfg["added_tokens_decoder"] = {k: v for k, v in cfg["added_tokens_decoder"].items() if int(k) < QWEN2_VL_VOCAB}
+    cfg.pop("chat_template", None)  # Qwen3's template (thinking) is not Qwen2-VL's; nemo_lite never uses it
+    (path / "tokenizer_config.json").write_text(json.dumps(cfg, ensure_ascii=False))
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copy(src / name, path / name)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    assert len(tokenizer) == QWEN2_VL_VOCAB, len(tokenizer)
+    tokenizer.add_tokens(["<|audio_pad|>"], special_tokens=True)
+    assert tokenizer.convert_tokens_to_ids("<|audio_pad|>") == SEED_AUDIO_PAD_ID
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def tiny_qwen2_vl_config():
+    from transformers import Qwen2VLConfig
+
+    return Qwen2VLConfig(text_config=dict(TINY_QWEN2_VL_TEXT), vision_config=dict(TINY_QWEN2_VL_VISION))
+
+
+def write_image_processor(path: str | os.PathLike) -> None:
+    """``preprocessor_config.json`` of a Qwen2-VL image processor sized for the tiny vision tower."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    v = TINY_QWEN2_VL_VISION
+    Qwen2VLImageProcessorPil(patch_size=v["patch_size"], merge_size=v["spatial_merge_size"],
+                             temporal_patch_size=v["temporal_patch_size"],
+                             size={"shortest_edge": TINY_IMAGE_PIXELS[0], "longest_edge": TINY_IMAGE_PIXELS[1]},
+                             ).save_pretrained(str(path))
+
+
+def random_qwen2_vl_state(seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random tiny Qwen2-VL tensors in the 4.45 names a seed checkpoint uses (``model.layers.*``, ``visual.*``,
+    ``lm_head.weight``), fp32, values by :func:`random_tensor`."""
+    from .vision import build_vision_llm, legacy_key
+
+    vl = build_vision_llm(tiny_qwen2_vl_config())
+    return {legacy_key(k): random_tensor(k, tuple(t.shape), seed) for k, t in vl.state_dict().items()}
+
+
+def write_random_adapter(path: str | os.PathLike, whisper_dir: str | os.PathLike, seed: int = 0,
+                         shards: int = 2) -> Path:
+    """A random Qwen2-VL audio adapter in the seed's published layout: Qwen2-VL ``config.json``, sharded
+    safetensors (``model-0000k-of-0000n.safetensors`` + index) with 4.45 key names + ``audio_encoder.*``
+    (the Whisper encoder of ``whisper_dir``) + ``audio_projector.weight``, the seed-like tokenizer and the image
+    processor config."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tiny_qwen2_vl_config().save_pretrained(str(path))
+    state = random_qwen2_vl_state(seed)
+    whisper = load_file(str(Path(whisper_dir) / "model.safetensors"))
+    state.update({"audio_encoder." + k[len("model.encoder."):]: v for k, v in whisper.items()
+                  if k.startswith("model.encoder.")})
+    d_model = whisper["model.encoder.conv1.weight"].shape[0]
+    state["audio_projector.weight"] = random_tensor("audio_projector.weight", (TINY_QWEN2_VL_TEXT["hidden_size"],
+                                                                                d_model), seed) * 0.02 * d_model**0.5
+    write_shards(path, state, shards)
+    write_seed_tokenizer(path)
+    write_image_processor(path)
+    return path
+
+
+def write_shards(path: Path, state: dict[str, torch.Tensor], shards: int) -> None:
+    """``state`` as ``shards`` safetensors files + ``model.safetensors.index.json`` (Hugging Face's layout)."""
+    from safetensors.torch import save_file
+
+    keys = sorted(state)
+    per = -(-len(keys) // shards)
+    weight_map, total = {}, 0
+    for i in range(shards):
+        name = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
+        part = {k: state[k].contiguous() for k in keys[i * per:(i + 1) * per]}
+        save_file(part, str(path / name), metadata={"format": "pt"})
+        weight_map.update({k: name for k in part})
+        total += sum(t.numel() * t.element_size() for t in part.values())
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (path / "model.safetensors.index.json").write_text(json.dumps(index, indent=1))

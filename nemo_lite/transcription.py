@@ -24,6 +24,14 @@ file order (so one more decoding pass reads them all), then all other windows so
 held in memory (short files, arrays), whatever the length of a file. Window texts are joined in order; with
 ``timestamps=True`` each window is a :class:`Segment`.
 
+Progress (``progress``, called with audio seconds): an input's duration is credited in three parts, so a bar
+moves all along, even for a long file without speech: :data:`SCAN_SHARE` of it while :func:`load_all` decodes
+and scans it (per 4 s piece of a file), the rest half when a window is encoded (per encoder group) and half when
+its batch is decoded (:func:`decode_windows`). :func:`load_all` and :func:`transcribe_arrays` together credit each
+good input's whole duration; a failed input's share is whatever its scan credited before the failure.
+
+Damaged files (cut short, see :mod:`nemo_lite.audio`) are bad inputs like undecodable ones, unless
+``TranscribeOptions.allow_truncated``: then the audio that is there is transcribed, with one warning.
 Finished inputs as they come: :func:`transcribe_arrays` takes ``on_done``, called after each decoding batch with
 the inputs whose last window that batch decoded (an input without speech: at once), so a caller can write each
 result as soon as it exists (:mod:`nemo_lite.corpus` appends them to an output manifest) instead of after the
@@ -68,6 +76,8 @@ class SpeechModel(Protocol):
 TOKENS_PER_SECOND = 8  # budget rate; speech runs at ~3-4 tokens/s
 TOKEN_MARGIN = 32  # extra tokens on top of the rate
 MIN_TOKENS = 128  # budget floor
+SCAN_SHARE = 0.1  # of an input's progress credited while it is decoded and scanned (a long file's VAD pass costs
+# a few percent of its transcription with the full model on CPU; 0.1 keeps the bar moving without misleading)
 
 Progress = Callable[[float], None]  # called with the audio seconds just finished
 Loaded = np.ndarray | LongAudio  # a checked input: 16 kHz samples in memory, or a long file read per window
@@ -114,6 +124,7 @@ class TranscribeOptions:
     segmentation: Literal["vad", "fixed"] | None = None  # None: vad when long or timestamped (module docstring)
     vad: VadOptions = VadOptions()  # voice-activity thresholds
     segments: SegmentationOptions = SegmentationOptions()  # speech segment lengths, padding, merging
+    allow_truncated: bool = False  # damaged (cut short) files: transcribe what is there, with a warning
 
     def __post_init__(self) -> None:
         if self.segmentation not in (None, "vad", "fixed"):
@@ -136,21 +147,31 @@ def token_budget(seconds: float) -> int:
 
 
 def load_all(
-    items: Sequence[AudioInput], sample_rate: int, chunk: ChunkOptions | None = None, vad: VadOptions | None = None
+    items: Sequence[AudioInput], sample_rate: int, chunk: ChunkOptions | None = None, vad: VadOptions | None = None,
+    allow_truncated: bool = False, progress: Progress | None = None,
 ) -> tuple[list[Loaded | None], list[tuple[int, str]]]:
     """Decode and check every input; bad ones become None, with ``(index, message)`` in the failure list.
 
     With ``chunk``, a file input longer than ``chunk.max_chunk_seconds`` is scanned, not kept: it comes back as a
     :class:`~nemo_lite.longform.LongAudio` (its windows, no samples). Everything else is a 16 kHz array. With
     ``vad`` too, the scan also runs the voice-activity detector (kept on the LongAudio for :func:`plan_windows`).
+    ``allow_truncated``: damaged files give what is there (one warning each). ``progress``: credited
+    :data:`SCAN_SHARE` of the audio as it is decoded (module docstring).
     """
     loaded: list[Loaded | None] = []
     failures: list[tuple[int, str]] = []
+    share = None if progress is None else (lambda n: progress(SCAN_SHARE * n / SAMPLE_RATE))
     for i, item in enumerate(items):
         try:
-            file = FileAudio.of(item) if chunk is not None else None
+            file = FileAudio.of(item, allow_truncated) if chunk is not None else None
             detector = VoiceDetector(vad) if file is not None and vad is not None else None
-            loaded.append(load_audio(item, sample_rate) if file is None else scan(file, chunk, detector))
+            if file is None:
+                x = load_audio(item, sample_rate, allow_truncated)
+                if share is not None:
+                    share(len(x))
+                loaded.append(x)
+            else:
+                loaded.append(scan(file, chunk, detector, share))
         except AudioError as err:
             loaded.append(None)
             failures.append((i, str(err)))
@@ -272,9 +293,11 @@ def transcribe_arrays(
 ) -> list[Transcript | None]:
     """Checked inputs from :func:`load_all` (None: skipped) -> one :class:`Transcript` each.
 
-    ``progress`` gets every input's whole duration in all: the silence before, between and after speech
-    segments is credited to the segment that follows it (the last one takes the tail; an input without speech is
-    credited at once). ``on_done`` gets ``(index, transcript)`` pairs as inputs finish (module docstring)."""
+    ``progress`` gets ``1 - SCAN_SHARE`` of every input's duration in all (the rest was credited by
+    :func:`load_all`): the silence before, between and after speech segments is credited to the segment that
+    follows it (the last one takes the tail; an input without speech is credited at once). ``on_done`` gets
+    ``(index, transcript)`` pairs as inputs finish (module docstring)."""
+    rest = 1.0 - SCAN_SHARE
     windows: list[_Window] = []
     credit: list[float] = []
     for i, x in enumerate(loaded):
@@ -285,10 +308,10 @@ def transcribe_arrays(
         for j, (a, b) in enumerate(spans):
             stop = _length(x) if j == len(spans) - 1 else b  # the last segment takes the tail
             windows.append(_Window(i, a, b))
-            credit.append((stop - prev) / SAMPLE_RATE)
+            credit.append(rest * (stop - prev) / SAMPLE_RATE)
             prev = stop
         if not spans and progress is not None:
-            progress(_length(x) / SAMPLE_RATE)
+            progress(rest * _length(x) / SAMPLE_RATE)
     out: list[Transcript | None] = [None if x is None else Transcript("", [], _length(x) / SAMPLE_RATE)
                                     for x in loaded]
     of_item: list[list[int]] = [[] for _ in loaded]  # window indices per input, in time order
@@ -337,7 +360,7 @@ def transcribe(
     single = not isinstance(audio, (list, tuple))
     items = [audio] if single else list(audio)
     vad = None if opts.segmentation == "fixed" else opts.vad
-    loaded, failures = load_all(items, opts.sample_rate, opts.chunk, vad)
+    loaded, failures = load_all(items, opts.sample_rate, opts.chunk, vad, opts.allow_truncated, progress)
     if failures and opts.on_error == "raise":
         if single:
             raise AudioError(failures[0][1], failures)

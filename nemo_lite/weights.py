@@ -52,15 +52,20 @@ NEMO_EMBED_KEY = "embed_tokens.weight"
 # WhisperForConditionalGeneration files say ``model.encoder.``, WhisperModel/encoder-only files ``encoder.``.
 WHISPER_KEY_MAP: list[tuple[str, str]] = [("model.encoder.", "encoder."), ("encoder.", "encoder.")]
 WHISPER_SKIP = ("model.decoder.", "decoder.", "proj_out.")  # dropped on purpose: the Whisper decoder is unused
-# The original Qwen2-VL-Audio-Adapter merged checkpoint prefix -> our WhisperLLM prefix (first match wins).
+# The original Qwen2-VL-Audio-Adapter merged checkpoint prefix -> our WhisperLLM prefix (first match wins). The LLM
+# is transformers' own Qwen2VLForConditionalGeneration (5.x names in memory); checkpoints use 4.45 names
+# (``model.layers.*``, ``visual.*``) or 5.x names (``model.language_model.*``, ``model.visual.*``). Nothing is skipped:
+# the vision tower is loaded and used (see nemo_lite.vision.VL_KEY_MAP, the same table without the ``llm.`` prefix).
 MERGED_KEY_MAP: list[tuple[str, str]] = [
     ("audio_encoder.", "encoder."),
     ("audio_projector.", "projector."),
-    ("model.language_model.", "llm.model."),  # Qwen2-VL as transformers >= 4.52 names it in memory
-    ("model.", "llm.model."),  # Qwen2-VL as save_pretrained writes it (legacy names)
+    ("model.language_model.", "llm.model.language_model."),
+    ("model.visual.", "llm.model.visual."),
+    ("visual.", "llm.model.visual."),
+    ("model.", "llm.model.language_model."),  # 4.45's text model
     ("lm_head.", "llm.lm_head."),
 ]
-MERGED_SKIP = ("visual.", "model.visual.")  # the vision tower: no image path here
+MERGED_SKIP: tuple[str, ...] = ()  # nothing dropped on purpose
 
 
 def to_ours(key: str, llm_prefix: str) -> str:

@@ -12,8 +12,14 @@ and ``scripts/inference.py``. Its prompt is ``<|im_start|>user\\n<|audio_bos|>``
 the projected encoder frames. Here the prompt holds ONE ``<|audio_pad|>`` that the injection expands to the 1500
 frames: the LLM sees exactly the same sequence of vectors, and the audio cannot drop out of generation because it
 is spliced into ``inputs_embeds`` before ``generate`` runs (the original needed a patched
-``prepare_inputs_for_generation``). The three audio tokens are added as special tokens when the tokenizer lacks
-them (Qwen3's embedding has spare rows past its 151669 tokens; it is resized only when it is too small).
+``prepare_inputs_for_generation``). Only ``<|audio_pad|>`` is added to the tokenizer, and only when it lacks it
+(the seed's graft script added it as 151657); ``<|audio_bos|>``/``<|audio_eos|>`` are NOT tokens in the seed's
+tokenizer and tokenize as ordinary text pieces here too, so the prompt ids are the seed's. (Checkpoints saved by
+earlier nemo_lite versions carry all three as special tokens in ``llm/``; they load and run as saved.)
+
+Backbones: any Qwen2/Qwen3 causal LM, or a Qwen2-VL (``model_type: qwen2_vl``) run as transformers' own
+``Qwen2VLForConditionalGeneration`` with its vision tower, so prompts may hold images too
+(:mod:`nemo_lite.vision`: image processor, ``<|image_pad|>`` expansion, M-RoPE positions by the model itself).
 
 Checkpoints, all loaded strictly (every tensor used, every parameter filled; meta device, ``assign=True``):
 - nemo_lite's layout (:meth:`WhisperLLM.save_pretrained`): ``whisper_llm.json`` + ``whisper/`` (a Whisper
@@ -24,9 +30,7 @@ Checkpoints, all loaded strictly (every tensor used, every parameter filled; met
   ``WhisperEncoder.from_pretrained`` on a full checkpoint silently loads nothing.
 - the original project's merged checkpoint (``merge_and_unload`` of Qwen2-VL + audio): Qwen2-VL keys (legacy
   ``model.*``/``lm_head.*`` or ``model.language_model.*``) + ``audio_encoder.*`` + ``audio_projector.weight``; see
-  :data:`nemo_lite.weights.MERGED_KEY_MAP`. The vision tower (``visual.*``) is skipped: this model has no image
-  path. Qwen2-VL's M-RoPE gives every text/audio token the same position on its three axes, which is plain 1-D
-  RoPE, so the text model runs as a ``Qwen2ForCausalLM`` with the same weights.
+  :data:`nemo_lite.weights.MERGED_KEY_MAP`. Every tensor is used: the vision tower (``visual.*``) included.
 The key tables and the strict safetensors reader live in :mod:`nemo_lite.weights`.
 """
 
@@ -46,17 +50,10 @@ from peft import LoraConfig, PeftModel
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
-from transformers import (
-    AutoConfig,
-    AutoTokenizer,
-    PreTrainedModel,
-    Qwen2Config,
-    WhisperConfig,
-    WhisperFeatureExtractor,
-)
+from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, WhisperConfig, WhisperFeatureExtractor
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from . import weights
+from . import vision, weights
 from .audio import SAMPLE_RATE
 from .llm import base_causal_lm, build_llm, finish_after_load
 from .memory import cast_floats
@@ -79,10 +76,6 @@ PROJECTOR_FILE = "projector.safetensors"
 ADAPTER_DIR = "adapter"
 WHISPER_SUBDIR, LLM_SUBDIR = "whisper", "llm"
 FORMAT = "nemo_lite.whisper_llm/1"
-
-QWEN2_TEXT_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                   "num_key_value_heads", "hidden_act", "max_position_embeddings", "rms_norm_eps", "initializer_range",
-                   "tie_word_embeddings", "attention_dropout", "bos_token_id", "eos_token_id", "pad_token_id")
 
 
 @dataclass
@@ -121,13 +114,18 @@ def load_whisper_encoder(source: str | os.PathLike, dtype: torch.dtype, device: 
 
 def load_causal_lm(source: str | os.PathLike, dtype: torch.dtype, device: torch.device,
                    base: Path | None = None) -> tuple[PreTrainedModel, object]:
-    """An HF causal LM (config.json + safetensors + tokenizer files) built on meta and loaded strictly."""
+    """An HF causal LM (config.json + safetensors + tokenizer files) built on meta and loaded strictly; a Qwen2-VL
+    (e.g. ``Qwen/Qwen2-VL-7B-Instruct``) as the stock ``Qwen2VLForConditionalGeneration``, vision tower included
+    (4.45 or 5.x key names)."""
     ckpt = resolve(source, base)
-    lm = build_llm(AutoConfig.from_pretrained(ckpt), None)
+    config = AutoConfig.from_pretrained(ckpt)
+    is_vl = vision.is_vision_config(config)
+    lm = vision.build_vision_llm(config) if is_vl else build_llm(config, None)
     expected, tie = weights.expected_shapes(lm)
-    lm.load_state_dict(tie_head(read_strict(safetensors_files(ckpt), expected, lambda k: k, dtype, device), tie),
+    key_map = vision.vl_key if is_vl else (lambda k: k)
+    lm.load_state_dict(tie_head(read_strict(safetensors_files(ckpt), expected, key_map, dtype, device), tie),
                        strict=True, assign=True)
-    finish_after_load(lm, device)
+    (vision.finish_vision_llm if is_vl else finish_after_load)(lm, device)
     check_no_meta(lm)
     return lm.eval(), AutoTokenizer.from_pretrained(ckpt)
 
@@ -138,18 +136,18 @@ class WhisperLLM(SpeechLM):
 
     encoder_name = "encoder"
     projector_name = "projector"
-    new_lora_targets = LLM_LORA_TARGETS  # stage 2 of training adds LoRA here (the original project's choice)
 
     def __init__(self, encoder: WhisperEncoder, llm, tokenizer, instruction: str = INSTRUCTION,
-                 options: LoadOptions | None = None) -> None:
-        missing = [t for t in (AUDIO_BOS, AUDIO_PAD, AUDIO_EOS) if t not in tokenizer.get_vocab()]
-        if missing:
-            tokenizer.add_special_tokens({"additional_special_tokens": missing})
+                 options: LoadOptions | None = None, image_processor=None) -> None:
+        if AUDIO_PAD not in tokenizer.get_vocab():  # the seed adds only this one (151657 in Qwen2-VL's tokenizer)
+            tokenizer.add_tokens([AUDIO_PAD], special_tokens=True)
         super().__init__(llm, tokenizer, AUDIO_PAD, options)
+        # Qwen2-VL backbones: the image processor (pixel_values, image_grid_thw); None for a text-only LLM.
+        self.image_processor = image_processor
         self.encoder = encoder
         lm = base_causal_lm(llm)
         with torch.device("meta"):
-            self.projector = nn.Linear(encoder.config.d_model, lm.config.hidden_size, bias=False)
+            self.projector = nn.Linear(encoder.config.d_model, lm.config.get_text_config().hidden_size, bias=False)
         self.instruction = instruction
         cfg = encoder.config
         self.features = WhisperFeatureExtractor(
@@ -166,12 +164,17 @@ class WhisperLLM(SpeechLM):
         opts = load_options(None, device=device, dtype=dtype)
         device, dtype = check_device(opts.torch_device), opts.compute_dtype
         encoder = load_whisper_encoder(whisper, dtype, device)
+        processor = None
         if isinstance(llm, (str, os.PathLike)):
-            llm, tokenizer = load_causal_lm(llm, dtype, device)
+            root = resolve(llm)
+            llm, tokenizer = load_causal_lm(root, dtype, device)
+            processor = vision.image_processor(llm.config, root) if vision.has_vision(llm) else None
         elif tokenizer is None:
             raise ValueError("a loaded LLM needs its tokenizer")
-        model = cls(encoder, llm, tokenizer, instruction, opts)
-        std = base_causal_lm(llm).config.initializer_range
+        elif vision.has_vision(llm):
+            processor = vision.image_processor(llm.config)
+        model = cls(encoder, llm, tokenizer, instruction, opts, processor)
+        std = base_causal_lm(llm).config.get_text_config().initializer_range
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
         weight = torch.randn(model.projector.weight.shape, generator=gen) * std
         model.projector.weight = nn.Parameter(weight.to(device=device, dtype=dtype))
@@ -197,8 +200,10 @@ class WhisperLLM(SpeechLM):
         device, dtype = check_device(opts.torch_device), opts.compute_dtype
         cfg = WhisperLLMConfig.from_dict(json.loads((root / CONFIG_FILE).read_text()))
         encoder = load_whisper_encoder(cfg.whisper, dtype, device, base=root)
-        llm, tokenizer = load_causal_lm(cfg.llm, dtype, device, base=root)
-        model = cls(encoder, llm, tokenizer, cfg.instruction, opts)
+        llm_root = resolve(cfg.llm, root)
+        llm, tokenizer = load_causal_lm(llm_root, dtype, device)
+        processor = vision.image_processor(llm.config, llm_root) if vision.has_vision(llm) else None
+        model = cls(encoder, llm, tokenizer, cfg.instruction, opts, processor)
         state = read_strict([root / PROJECTOR_FILE], {"weight": model.projector.weight.shape}, lambda k: k,
                             dtype, device)
         model.projector.load_state_dict(state, strict=True, assign=True)
@@ -217,16 +222,20 @@ class WhisperLLM(SpeechLM):
         device, dtype = check_device(opts.torch_device), opts.compute_dtype
         root = Path(path)
         files = safetensors_files(root)
-        raw = json.loads((root / "config.json").read_text())
+        config = AutoConfig.from_pretrained(root)
+        if not vision.is_vision_config(config):
+            raise CheckpointError(f"{root}: config.json is a {config.model_type!r} config; a merged adapter "
+                                  f"checkpoint is a Qwen2-VL ({vision.VL_MODEL_TYPES})")
         whisper_config = whisper_config or infer_whisper_config(files)
         with torch.device("meta"):
             encoder = WhisperEncoder(whisper_config)
-        llm = build_llm(qwen2_text_config(raw), None)
-        model = cls(encoder, llm, AutoTokenizer.from_pretrained(root), options=opts)
+        llm = vision.build_vision_llm(config)
+        model = cls(encoder, llm, AutoTokenizer.from_pretrained(root), options=opts,
+                    image_processor=vision.image_processor(config, root))
         expected, tie = weights.expected_shapes(model)
         model.load_state_dict(tie_head(read_strict(files, expected, weights.merged_key, dtype, device), tie),
                               strict=True, assign=True)
-        finish_after_load(model.llm, device)
+        vision.finish_vision_llm(model.llm, device)
         model._fit_embeddings()
         check_no_meta(model)
         model._finish_load()
@@ -268,14 +277,17 @@ class WhisperLLM(SpeechLM):
         path.mkdir(parents=True, exist_ok=True)
         lm = base_causal_lm(self.llm)
         lm.config.save_pretrained(path)
-        tied = getattr(lm.config, "tie_word_embeddings", False)
+        tied = getattr(lm.config.get_text_config(), "tie_word_embeddings", False)
+        rename = vision.legacy_key if self.has_vision else (lambda k: k)  # Qwen2-VL: the 4.45 names, as the hub's
         state = {}
         for key, t in lm.state_dict().items():
             if "lora_" in key or (tied and key == "lm_head.weight"):
                 continue
-            state[key.replace(".base_layer.", ".")] = t.detach().contiguous().cpu()
+            state[rename(key.replace(".base_layer.", "."))] = t.detach().contiguous().cpu()
         save_file(state, str(path / "model.safetensors"))
         self.tokenizer.save_pretrained(path)
+        if self.image_processor is not None:
+            self.image_processor.save_pretrained(str(path))
 
     def _fit_embeddings(self) -> None:
         """Grow the LLM's embedding (and head) only when the added audio tokens do not fit its spare rows."""
@@ -295,6 +307,15 @@ class WhisperLLM(SpeechLM):
 
     # ------------------------------------------------------------------ the design's parts
     @property
+    def new_lora_targets(self) -> str:  # type: ignore[override]
+        """Stage 2's LoRA: the seed's q/k/v/o/gate/up/down regex, under this LLM's module names."""
+        return vision.lora_targets(self.llm, LLM_LORA_TARGETS)
+
+    @property
+    def has_vision(self) -> bool:
+        return vision.has_vision(self.llm)
+
+    @property
     def window_samples(self) -> int:
         """Samples in one encoder window (480000 = 30 s for every released Whisper)."""
         return self.encoder.config.max_source_positions * CONV_STRIDE * HOP
@@ -302,6 +323,9 @@ class WhisperLLM(SpeechLM):
     @property
     def window_seconds(self) -> float:
         return self.window_samples / SAMPLE_RATE
+
+    def audio_frames(self, samples: int) -> int:
+        return self.encoder.config.max_source_positions  # every clip is padded to the full window
 
     def encoder_samples(self, samples: int) -> int:
         return self.window_samples  # every clip is padded to the full window
@@ -344,15 +368,6 @@ def infer_whisper_config(files: list[Path], prefix: str = "audio_encoder.") -> W
                          encoder_attention_heads=max(1, d_model // HEAD_DIM),
                          encoder_ffn_dim=shapes["layers.0.fc1.weight"][0],
                          max_source_positions=shapes["embed_positions.weight"][0])
-
-
-def qwen2_text_config(raw: dict) -> Qwen2Config:
-    """The text model of a Qwen2-VL config.json as a Qwen2 config (M-RoPE on 1-D positions = plain RoPE)."""
-    text = {**raw, **(raw.get("text_config") or {})}
-    rope = text.get("rope_parameters") or text.get("rope_scaling") or {}
-    theta = text.get("rope_theta") or rope.get("rope_theta") or 1_000_000.0
-    kwargs = {k: text[k] for k in QWEN2_TEXT_KEYS if k in text}
-    return Qwen2Config(**kwargs, rope_parameters={"rope_type": "default", "rope_theta": float(theta)})
 
 
 def _lora_kwargs(cfg: LoraConfig) -> dict:

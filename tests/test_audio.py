@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import subprocess
 
@@ -212,3 +213,83 @@ def test_decode_buffer_grows_when_the_header_undercounts():
     for piece in pieces:
         out, n = audio._append(out, n, piece)
     np.testing.assert_array_equal(out[:n], np.arange(70, dtype=np.float32))
+
+
+# ---------------------------------------------------------------------- damaged (cut short) files
+def _cut(data: bytes, keep: float = 0.5) -> bytes:
+    return data[: int(len(data) * keep)]
+
+
+def test_truncated_wav_is_named_damaged_from_path_bytes_and_file(tmp_path):
+    """libsndfile reads a cut-short WAV as a shorter clip (it clamps the frame count): the RIFF data chunk's size
+    must be compared with the bytes present. Regression: such files were transcribed silently, exit 0."""
+    full = tmp_path / "full.wav"
+    sf.write(str(full), tone(16000, 2.0), 16000, subtype="PCM_16")
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(_cut(full.read_bytes()))
+    for item in (cut, cut.read_bytes(), open(cut, "rb")):  # noqa: SIM115 (closed by the loop's end)
+        with pytest.raises(audio.DamagedAudioError, match=r"damaged \(truncated\): holds 1.00 s of the 2.00 s") as e:
+            load_audio(item)
+        assert e.value.promised == pytest.approx(2.0) and e.value.seconds == pytest.approx(1.0, abs=1e-3)
+    with pytest.raises(audio.DamagedAudioError):
+        audio.probe(cut)  # found from the header alone, before anything is decoded
+    assert audio.probe(cut, allow_truncated=True) == pytest.approx(1.0, abs=1e-3)
+    with pytest.warns(audio.TruncatedAudioWarning, match="cut.wav: damaged"):
+        x = load_audio(cut, allow_truncated=True)
+    np.testing.assert_array_equal(x, load_audio(full)[: len(x)])
+
+
+def test_truncated_flac_is_damaged_and_salvaged(tmp_path):
+    """A cut-short FLAC fails inside a block read; the audio before the damage is recovered in small reads."""
+    full = tmp_path / "full.flac"
+    sf.write(str(full), tone(16000, 3.0), 16000)
+    cut = tmp_path / "cut.flac"
+    cut.write_bytes(_cut(full.read_bytes()))
+    with pytest.raises(audio.DamagedAudioError, match="of the 3.00 s"):
+        load_audio(cut)
+    with pytest.warns(audio.TruncatedAudioWarning):
+        x = load_audio(cut, allow_truncated=True)
+    assert 0.5 * SAMPLE_RATE < len(x) < 1.6 * SAMPLE_RATE
+    np.testing.assert_array_equal(x, load_audio(full)[: len(x)])
+
+
+def test_file_audio_passes_warn_once(tmp_path):
+    full = tmp_path / "full.wav"
+    sf.write(str(full), tone(16000, 2.0), 16000, subtype="PCM_16")
+    (tmp_path / "cut.wav").write_bytes(_cut(full.read_bytes()))
+    file = audio.FileAudio.of(tmp_path / "cut.wav", allow_truncated=True)
+    with pytest.warns(audio.TruncatedAudioWarning) as seen:
+        first = np.concatenate(list(file.pieces()))
+        second = np.concatenate(list(file.pieces()))
+    assert len(seen) == 1
+    np.testing.assert_array_equal(first, second)
+    with pytest.raises(audio.DamagedAudioError):
+        list(audio.FileAudio.of(tmp_path / "cut.wav").pieces())
+
+
+def test_wav_of_unknown_length_and_complete_files_are_not_damaged(tmp_path):
+    """Streaming encoders write 0 or 0xFFFFFFFF as the data size; trailing chunks after the data are fine."""
+    path = tmp_path / "t.wav"
+    sf.write(str(path), tone(16000, 1.0), 16000, subtype="PCM_16")
+    data = bytearray(path.read_bytes())
+    k = data.index(b"data")
+    data[k + 4:k + 8] = (0xFFFFFFFF).to_bytes(4, "little")
+    path.write_bytes(bytes(data))
+    assert audio.wav_data_frames(path) is None
+    assert len(load_audio(path)) == SAMPLE_RATE
+    sf.write(str(path), tone(16000, 1.0), 16000, subtype="PCM_24")
+    path.write_bytes(path.read_bytes() + b"LIST" + (4).to_bytes(4, "little") + b"INFO")
+    assert audio.wav_data_frames(path) == SAMPLE_RATE and len(load_audio(path)) == SAMPLE_RATE
+
+
+def test_decoder_chatter_stays_off_stderr(tmp_path, capfd):
+    """libmpg123 prints "Warning: Xing stream size off ..." on fd 2 for an mp3 with trailing junk (it decodes
+    fully); it must not reach the terminal, and fd 2 works again afterwards."""
+    path = tmp_path / "padded.mp3"
+    sf.write(str(path), tone(16000, 1.0), 16000)
+    path.write_bytes(path.read_bytes() * 1 + b"\x00" * path.stat().st_size)
+    assert len(load_audio(path)) == SAMPLE_RATE
+    assert audio.probe(path) == pytest.approx(1.0)
+    os.write(2, b"after\n")
+    err = capfd.readouterr().err
+    assert err == "after\n"

@@ -31,7 +31,8 @@ def test_chunked_prefill_matches_one_forward(tiny_model):
 
     cache = decoding.prefill(tiny_model.llm, embeds[:, :-1], mask[:, :-1], DynamicCache(config=lm.config), chunk=7)
     last = tiny_model.llm(inputs_embeds=embeds[:, -1:], attention_mask=mask.long(),
-                          position_ids=decoding.position_ids(mask)[:, -1:], past_key_values=cache, use_cache=True)
+                          position_ids=decoding.position_ids(mask)[:, -1:], use_cache=True,
+                          **{decoding.cache_kwarg(tiny_model.llm): cache})
     torch.testing.assert_close(last.logits[:, -1], full.logits[:, -1], rtol=1e-5, atol=1e-5)
     for layer_full, layer_chunked in zip(full.past_key_values.layers, cache.layers, strict=True):
         valid = mask.bool()[:, None, :, None].expand_as(layer_full.keys)  # padding keys are never attended

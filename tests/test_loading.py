@@ -145,15 +145,23 @@ def test_bf16_load_runs(tiny_ckpt):
     assert len(out[0]) == 3
 
 
-def test_int8_mode_quantizes_llm_and_keeps_adapter_switchable(tiny_ckpt):
-    from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
+@pytest.mark.parametrize(("mode", "kind"), [("int8", "Int8Linear"), ("int4", "Int4Linear")])
+def test_quantized_mode_keeps_adapter_switchable_and_warns_nothing(tiny_ckpt, mode, kind):
+    """int8/int4: the LLM's linear layers (and the tied head's own copy) become our weight-only modules, LoRA stays
+    a float side path that LLM mode switches off; loading and decoding emit no warning (regression: the torch.ao
+    path's deprecation warnings were muted)."""
+    import warnings
 
+    from nemo_lite import quant
     from nemo_lite.llm import adapter_disabled, base_causal_lm
 
-    model = CanaryQwen.from_pretrained(tiny_ckpt, quantize="int8")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = CanaryQwen.from_pretrained(tiny_ckpt, quantize=mode)
     lm = base_causal_lm(model.llm)
     q_proj = lm.model.layers[0].self_attn.q_proj
-    assert isinstance(q_proj.base_layer, DynamicInt8Linear) and isinstance(lm.lm_head, DynamicInt8Linear)
+    cls = getattr(quant, kind)
+    assert isinstance(q_proj.base_layer, cls) and isinstance(lm.lm_head, cls)
     assert isinstance(q_proj.lora_A["default"], torch.nn.Linear)  # LoRA stays a float side path
     x = torch.randn(1, 4, model.cfg.output_dim)
     with torch.inference_mode():
@@ -161,17 +169,19 @@ def test_int8_mode_quantizes_llm_and_keeps_adapter_switchable(tiny_ckpt):
         with adapter_disabled(model.llm):
             off = model.llm(inputs_embeds=x).logits
     assert (on - off).abs().max() > 1e-3
-    assert len(model.generate(audios=[torch.randn(8000).numpy() * 0.1], max_new_tokens=3)[0]) == 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(model.generate(audios=[torch.randn(8000).numpy() * 0.1], max_new_tokens=3)[0]) == 3
 
 
 def test_int8_all_also_quantizes_the_encoder_and_stays_close(tiny_ckpt, tiny_model):
-    from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
+    from nemo_lite.quant import Int8Linear
 
     model = CanaryQwen.from_pretrained(tiny_ckpt, quantize="int8-all")
     encoder = model.perception.encoder
-    linears = [m for m in encoder.modules() if isinstance(m, (torch.nn.Linear, DynamicInt8Linear))]
-    assert linears and all(isinstance(m, DynamicInt8Linear) for m in linears)
-    assert isinstance(base_causal_lm(model.llm).lm_head, DynamicInt8Linear)
+    linears = [m for m in encoder.modules() if isinstance(m, (torch.nn.Linear, Int8Linear))]
+    assert linears and all(isinstance(m, Int8Linear) for m in linears)
+    assert isinstance(base_causal_lm(model.llm).lm_head, Int8Linear)
     audio = [np.random.default_rng(2).standard_normal(20000).astype(np.float32) * 0.1]
     got, want = model.embed_audio(audio)[0], tiny_model.embed_audio(audio)[0]
     assert got.shape == want.shape

@@ -64,9 +64,12 @@ def test_prompt_layout_matches_the_original(model, clips):
 
 
 def test_audio_tokens_fit_spare_embedding_rows(model):
-    """Qwen3's tokenizer has 151669 tokens and 151936 embedding rows: the three tokens are added, nothing resized."""
-    ids = [model.tokenizer.convert_tokens_to_ids(t) for t in (wa.AUDIO_BOS, wa.AUDIO_PAD, wa.AUDIO_EOS)]
-    assert ids == [151669, 151670, 151671]
+    """Qwen3's tokenizer has 151669 tokens and 151936 embedding rows: only ``<|audio_pad|>`` is added (as the seed
+    adds it), nothing resized; ``<|audio_bos|>``/``<|audio_eos|>`` stay text pieces, as in the seed's tokenizer.
+    Regression: all three used to be added as special tokens, so the prompt ids were not the seed's."""
+    vocab = model.tokenizer.get_vocab()
+    assert vocab[wa.AUDIO_PAD] == 151669 and wa.AUDIO_BOS not in vocab and wa.AUDIO_EOS not in vocab
+    assert len(model.tokenizer) == 151670
     assert input_embeddings(model.llm).weight.shape[0] == testing.TINY_QWEN3["vocab_size"]
 
 
@@ -147,7 +150,7 @@ def _tiny_qwen2_vl(path, seed: int = 0):
 
 def test_original_merged_checkpoint(small_parts, tmp_path, clips):
     """Qwen2-VL keys + ``audio_encoder.*`` + ``audio_projector.weight`` map onto WhisperLLM exactly, the vision tower
-    is skipped, and the Qwen2 text model computes what Qwen2-VL computes (M-RoPE on text = plain RoPE)."""
+    included, and the backbone is the stock Qwen2-VL (same logits as the model that wrote the files)."""
     whisper, _ = small_parts
     merged = tmp_path / "merged"
     vl = _tiny_qwen2_vl(merged)
@@ -166,7 +169,9 @@ def test_original_merged_checkpoint(small_parts, tmp_path, clips):
     ours = m.state_dict()
     assert torch.equal(ours["projector.weight"], state["audio_projector.weight"])
     assert torch.equal(ours["encoder.layers.0.fc1.weight"], state["audio_encoder.layers.0.fc1.weight"])
-    assert torch.equal(ours["llm.model.layers.1.self_attn.q_proj.bias"], state["model.layers.1.self_attn.q_proj.bias"])
+    assert torch.equal(ours["llm.model.language_model.layers.1.self_attn.q_proj.bias"],
+                       state["model.layers.1.self_attn.q_proj.bias"])
+    assert torch.equal(ours["llm.model.visual.merger.mlp.0.weight"], state["visual.merger.mlp.0.weight"])
     assert torch.equal(ours["llm.lm_head.weight"], state["lm_head.weight"])
     assert m.encoder.config.encoder_attention_heads == enc.config.d_model // 64
 
@@ -179,8 +184,8 @@ def test_original_merged_checkpoint(small_parts, tmp_path, clips):
 
 
 def test_long_audio_is_cut_into_30s_windows(model, clips, monkeypatch):
-    """65 s of audio -> three windows of at most 30 s, decoded and joined in order. Also guards that WhisperLLM
-    has the ``generate_from_embeddings`` that transcription calls (its absence broke ``nemo-lite eval``)."""
+    """65 s of audio, fixed windows -> three windows of at most 30 s, decoded and joined in order. Also guards that
+    WhisperLLM has the ``generate_from_embeddings`` that transcription calls (its absence broke ``nemo-lite eval``)."""
     speech = clips["speech_long"]
     long = np.concatenate([np.tile(speech, 65 * 16000 // len(speech) + 1)])[: 65 * 16000]
     seen: list[int] = []
@@ -196,7 +201,7 @@ def test_long_audio_is_cut_into_30s_windows(model, clips, monkeypatch):
     assert callable(type(model).generate_from_embeddings)
     monkeypatch.setattr(model, "embed_audio", spy_embed)
     monkeypatch.setattr(model, "generate_from_embeddings", fake_decode)
-    text = model.transcribe(long)
+    text = model.transcribe(long, segmentation="fixed")
     assert len(seen) == 3 and max(seen) <= model.window_samples and sum(seen) == len(long)
     assert text == "a a a"
 

@@ -26,13 +26,17 @@ def override(cfg: dict, item: str) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
+    from ..terminal import SetupError
     from .config import TrainConfig, load_train_config
     from .loop import train
 
-    raw = asdict(load_train_config(args.config))
-    for item in args.set or []:
-        override(raw, item)
-    cfg = TrainConfig.from_dict(raw)
+    try:  # a config that cannot be read or does not validate: one line, exit code 2 (nemo_lite.terminal)
+        raw = asdict(load_train_config(args.config))
+        for item in args.set or []:
+            override(raw, item)
+        cfg = TrainConfig.from_dict(raw)
+    except (OSError, ValueError, TypeError) as err:  # JSON/TOML decode errors are ValueErrors
+        raise SetupError(f"training config {args.config}: {err}") from None
     result = train(cfg)
     if not dist.is_initialized() or dist.get_rank() == 0:
         last = result.losses[-1] if result.losses else float("nan")
@@ -49,6 +53,7 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="training config (.json or .toml); see nemo_lite.training.loop")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config key (VALUE parsed as JSON when it can be), e.g. --set max_steps=10")
+    p.add_argument("--debug", action="store_true", help="show tracebacks instead of one line")
     p.set_defaults(func=cmd_train)
     return p
 
@@ -58,4 +63,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m nemo_lite.train")
     add_train_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["train", *(sys.argv[1:] if argv is None else argv)])
-    return args.func(args)
+    from ..terminal import run
+
+    return run(args.func, args)

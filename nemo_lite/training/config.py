@@ -15,6 +15,9 @@ from ..prompts import ADAPTER_INSTRUCTION as INSTRUCTION
 from ..runtime import DTYPE_NAMES
 
 ARCHITECTURES = ("canary_qwen", "whisper_llm")
+SAMPLE_FORMATS = ("auto", "seed", "prompt")  # see TrainConfig.sample_format
+LONG_CLIPS = ("skip", "truncate")  # see TrainConfig.long_clips
+QUANTIZE_BASE = (None, "nf4")  # see TrainConfig.quantize_base
 FINAL_MODEL_DIR = "model"  # the trained model goes to output_dir/model (stage 2's `model` after stage 1)
 
 
@@ -57,6 +60,14 @@ class TrainConfig:
     resume: str | None = None  # "auto" (newest checkpoint in output_dir), a checkpoint dir, or None
     export_dtype: str = "float32"  # canary_qwen final model dtype (the hub's file is bfloat16)
     progress: bool = True  # tqdm bar on rank 0
+    # Samples: "seed" = the Qwen2-VL audio adapter's (stage 1: the audio span alone, then transcript + eos; stage 2:
+    # the ASR chat prompt, then " " + transcript + <|im_end|>, the leading space as the seed tokenizes it);
+    # "prompt" = the ASR chat prompt + transcript + <|im_end|> (NeMo's); "auto": seed for whisper_llm, else prompt.
+    sample_format: str = "auto"
+    long_clips: str = "skip"  # clips over the model's window: "skip" (counted at the start) or "truncate" (seed)
+    eval_manifest: str | None = None  # validation manifest: eval loss every `eval_every` steps, best model kept
+    eval_every: int = 200  # optimizer steps between validation passes (the seed's 200)
+    quantize_base: str | None = None  # "nf4": stage 2 loads the frozen LLM in 4-bit (bitsandbytes) = QLoRA
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
@@ -76,6 +87,18 @@ class TrainConfig:
                 raise ValueError(f"{name} must be one of {sorted(DTYPE_NAMES)}, got {getattr(self, name)!r}")
         if self.threads < 0:
             raise ValueError(f"threads must be >= 0 (0: torch's default), got {self.threads}")
+        if self.sample_format not in SAMPLE_FORMATS:
+            raise ValueError(f"sample_format must be one of {SAMPLE_FORMATS}, got {self.sample_format!r}")
+        if self.sample_format == "auto":
+            self.sample_format = "seed" if self.architecture == "whisper_llm" else "prompt"
+        if self.long_clips not in LONG_CLIPS:
+            raise ValueError(f"long_clips must be one of {LONG_CLIPS}, got {self.long_clips!r}")
+        if self.quantize_base not in QUANTIZE_BASE:
+            raise ValueError(f"quantize_base must be one of {QUANTIZE_BASE}, got {self.quantize_base!r}")
+        if self.quantize_base and self.stage != 2:
+            raise ValueError("quantize_base (QLoRA) applies to stage 2, which trains LoRA over the frozen LLM")
+        if self.eval_every < 1:
+            raise ValueError(f"eval_every must be >= 1, got {self.eval_every}")
         self.betas = tuple(self.betas)  # JSON gives a list
 
     @classmethod

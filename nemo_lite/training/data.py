@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..audio import SAMPLE_RATE, load_audio, probe_duration
+from ..audio import SAMPLE_RATE, AudioError, load_audio, probe, probe_duration
 
 
 @dataclass(frozen=True)
@@ -31,41 +31,69 @@ class Utterance:
     duration: float  # seconds (from the manifest, else the file header)
 
 
-def read_manifest(path: str | Path) -> list[Utterance]:
-    """Entries of a JSONL manifest; a line without ``audio_filepath`` or ``text`` raises ``ValueError``."""
+def read_manifest(path: str | Path, errors: list[str] | None = None, allow_truncated: bool = False
+                  ) -> list[Utterance]:
+    """Entries of a JSONL manifest; a line without ``audio_filepath`` or ``text`` raises ``ValueError``.
+
+    ``errors``: check every entry's audio file from its header (:func:`nemo_lite.audio.probe`: present, not
+    empty, readable, not cut short unless ``allow_truncated``) and leave out the bad ones, each problem appended
+    here as one line; without it, only entries lacking ``duration`` are read, and an unreadable one raises.
+    """
     path = Path(path)
     out = []
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
-        entry = json.loads(line)
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{n}: not JSON ({err.msg})") from None
         if not isinstance(entry, dict) or "audio_filepath" not in entry or "text" not in entry:
             raise ValueError(f"{path}:{n}: a manifest line needs 'audio_filepath' and 'text'")
         audio = Path(entry["audio_filepath"]).expanduser()
         audio = audio if audio.is_absolute() else path.parent / audio
         duration = entry.get("duration")
+        if errors is not None:
+            try:
+                header = probe(audio, allow_truncated)
+            except AudioError as err:
+                errors.append(f"{err} (manifest line {n})")
+                continue
+            duration = header if duration is None else duration
         if duration is None:
             duration = probe_duration(audio)
             if duration is None:
                 raise ValueError(f"{path}:{n}: cannot read the duration of {audio}")
         out.append(Utterance(audio, str(entry["text"]), float(duration)))
-    if not out:
+    if not out and not errors:
         raise ValueError(f"{path}: the manifest is empty")
     return out
 
 
-class SpeechDataset(torch.utils.data.Dataset):
-    """Manifest items as ``(16 kHz float32 audio, text)``."""
+def fit_window(items: list[Utterance], seconds: float, policy: str) -> tuple[list[Utterance], int]:
+    """Clips longer than the model's window (``seconds``): ``"skip"`` drops them (returns the kept items and how
+    many were dropped), ``"truncate"`` keeps them (the dataset cuts them to the window, as the seed's Whisper
+    feature extractor did). Decided from the manifest's durations before training starts, never halfway."""
+    long = [u for u in items if u.duration > seconds]
+    if policy == "truncate" or not long:
+        return items, len(long)
+    return [u for u in items if u.duration <= seconds], len(long)
 
-    def __init__(self, items: list[Utterance]) -> None:
+
+class SpeechDataset(torch.utils.data.Dataset):
+    """Manifest items as ``(16 kHz float32 audio, text)``; ``max_samples``: longer audio cut to that length."""
+
+    def __init__(self, items: list[Utterance], max_samples: int | None = None) -> None:
         self.items = items
+        self.max_samples = max_samples
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, str]:
         item = self.items[i]
-        return load_audio(item.audio_filepath), item.text
+        audio = load_audio(item.audio_filepath)
+        return (audio if self.max_samples is None else audio[: self.max_samples]), item.text
 
 
 @dataclass

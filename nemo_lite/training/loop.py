@@ -58,6 +58,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..audio import SAMPLE_RATE
 from ..llm import base_causal_lm, is_peft
 from ..runtime import resolve_dtype
 from ..speechlm import SpeechLM
@@ -72,8 +73,9 @@ from .checkpointing import (
     trainable_digest,
 )
 from .config import FINAL_MODEL_DIR, TrainConfig
-from .data import BucketBatchSampler, SpeechDataset, collate, read_manifest
-from .loss import SpeechLoss, answer_ids
+from .data import BucketBatchSampler, SpeechDataset, collate, fit_window, read_manifest
+from .loss import SpeechLoss, answer_ids, sample_parts
+from .validation import BestKeeper, eval_loss
 
 
 # ---------------------------------------------------------------------- model and trainable parameters
@@ -183,17 +185,28 @@ def train(cfg: TrainConfig, model: SpeechLM | None = None) -> TrainResult:
     if cfg.threads > 0:  # process-wide; set before the model is built
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
+    if cfg.quantize_base:  # refused before any work when bitsandbytes cannot run here
+        from .qlora import nf4_problem, quantize_nf4
+
+        if (problem := nf4_problem(env.device)) is not None:
+            raise RuntimeError(problem)
     model = model if model is not None else build_model(cfg, env.device)
+    if cfg.quantize_base:
+        quantize_nf4(model.llm, model.dtype if env.device.type == "cpu" else torch.bfloat16)
     trainable = configure_trainable(model, cfg)
     if cfg.gradient_checkpointing:
         base_causal_lm(model.llm).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     set_train_mode(model, cfg)
-    runner = SpeechLoss(model)
+    prompt, answer_kw = sample_parts(model, cfg.stage, cfg.sample_format)
+    runner = SpeechLoss(model, prompt)
+    runner.answer_kw = answer_kw
+    loss_module = runner
     if env.world_size > 1:
         runner = nn.parallel.DistributedDataParallel(runner, broadcast_buffers=False)
 
-    items = read_manifest(cfg.train_manifest)
-    dataset = SpeechDataset(items)
+    items, datasets = _datasets(cfg, model, env)
+    dataset, val = datasets
+    best = BestKeeper(Path(cfg.output_dir))
     sampler = BucketBatchSampler([u.duration for u in items], cfg.batch_size, env.rank, env.world_size, cfg.seed)
     per_epoch = len(sampler) // cfg.grad_accum
     if per_epoch == 0:
@@ -225,6 +238,8 @@ def train(cfg: TrainConfig, model: SpeechLM | None = None) -> TrainResult:
             losses.append(_mean_over_ranks(loss, env.world_size, env.device))
             dt = (time.perf_counter() - t0) / env.world_size
             _log(cfg, env, bar, state, losses[-1], lr, utts / dt, seconds / dt)
+            if val is not None and (state.step % cfg.eval_every == 0 or state.step == total):
+                _validate(cfg, env, loss_module, val, best, trainable, state)
             if state.step == total or (cfg.save_every and state.step % cfg.save_every == 0):
                 _checkpoint(cfg, env, trainable, optimizer, scheduler, state)
             if state.step >= total:
@@ -235,6 +250,7 @@ def train(cfg: TrainConfig, model: SpeechLM | None = None) -> TrainResult:
     if bar is not None:
         bar.close()
     wall = time.perf_counter() - t_start
+    best.restore(trainable)  # the seed's load_best_model_at_end (a no-op without validation)
     model.eval()
     out = Path(cfg.output_dir) / FINAL_MODEL_DIR
     export_dtype = resolve_dtype(cfg.export_dtype)
@@ -248,11 +264,12 @@ def _optimizer_step(cfg: TrainConfig, env: Dist, runner: nn.Module, loader, trai
                     optimizer) -> tuple[float, int, float]:
     """``grad_accum`` micro-batches (gradients all-reduced on the last only), clipping, one AdamW step.
     Returns this rank's mean loss, utterances and audio seconds."""
-    model = runner.module.model if isinstance(runner, nn.parallel.DistributedDataParallel) else runner.model
+    module = runner.module if isinstance(runner, nn.parallel.DistributedDataParallel) else runner
+    model = module.model
     loss, utts, seconds = 0.0, 0, 0.0
     for k in range(cfg.grad_accum):
         batch = next(loader)
-        answers = [answer_ids(model.tokenizer, t, model.eos_id) for t in batch.texts]
+        answers = [answer_ids(model.tokenizer, t, **module.answer_kw) for t in batch.texts]
         sync = env.world_size == 1 or k == cfg.grad_accum - 1
         with (contextlib.nullcontext() if sync else runner.no_sync()), _autocast(cfg, env.device):
             micro = runner(batch.audios, answers)
@@ -301,3 +318,33 @@ def _checkpoint(cfg: TrainConfig, env: Dist, trainable, optimizer, scheduler, st
             old.rmdir()
     if env.world_size > 1:
         dist.barrier()
+
+
+def _datasets(cfg: TrainConfig, model: SpeechLM, env: Dist):
+    """Training items (clips over the model's window skipped with a count, or truncated: ``long_clips``) and the
+    training and validation datasets (None without ``eval_manifest``)."""
+    window = model.window_seconds
+    items, long = fit_window(read_manifest(cfg.train_manifest), window, cfg.long_clips)
+    if long and env.main:
+        verb = "truncated to" if cfg.long_clips == "truncate" else "skipped: longer than"
+        print(f"nemo-lite: {long} training clip(s) {verb} the model's {window:g} s window", file=sys.stderr)
+    if not items:
+        raise ValueError(f"{cfg.train_manifest}: no clip fits the model's {window:g} s window")
+    max_samples = int(window * SAMPLE_RATE)
+    val = None
+    if cfg.eval_manifest:
+        val_items, _ = fit_window(read_manifest(cfg.eval_manifest), window, cfg.long_clips)
+        val = (SpeechDataset(val_items, max_samples), [u.duration for u in val_items])
+    return items, (SpeechDataset(items, max_samples), val)
+
+
+def _validate(cfg: TrainConfig, env: Dist, runner: SpeechLoss, val, best: BestKeeper, trainable,
+              state: TrainState) -> None:
+    """Validation loss (rank 0 computes, as the seed's single-process Trainer), logged; the best tensors kept."""
+    if not env.main:
+        return
+    with _autocast(cfg, env.device):
+        loss = eval_loss(runner, val[0], val[1], cfg.batch_size, runner.answer_kw)
+    improved = best.offer(state.step, loss, trainable)
+    with open(Path(cfg.output_dir) / "train_log.jsonl", "a") as f:
+        f.write(json.dumps({"step": state.step, "eval_loss": loss, "best": improved}) + "\n")

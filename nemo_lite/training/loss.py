@@ -39,9 +39,23 @@ def prompt_and_placeholder(model: SpeechLM) -> tuple[list[int], int]:
     return model.prompt_ids(model.asr_prompt()).tolist(), model.audio_tag_id
 
 
-def answer_ids(tokenizer, text: str, eos_id: int) -> list[int]:
-    """The supervised answer: the transcript's tokens + ``<|im_end|>``."""
-    return text_to_ids(tokenizer, text) + [eos_id]
+def answer_ids(tokenizer, text: str, eos_id: int, leading_space: bool = False) -> list[int]:
+    """The supervised answer: the transcript's tokens + ``eos_id`` (``<|im_end|>``); ``leading_space``: the seed's
+    stage-2 target ``f" {text}<|im_end|>"``."""
+    return text_to_ids(tokenizer, " " + text if leading_space else text) + [eos_id]
+
+
+def sample_parts(model: SpeechLM, stage: int, sample_format: str) -> tuple[list[int], dict]:
+    """The prompt ids every sample starts with and the :func:`answer_ids` keywords, for a config's format.
+
+    ``"seed"`` follows the Qwen2-VL audio adapter's collators (scripts/02_train_stage1.py, 04_train_stage2.py):
+    stage 1 = the audio span alone (1500 pads, no chat prompt) + ``tokenizer(text + eos_token)``; stage 2 = the ASR
+    chat prompt + ``" " + text + "<|im_end|>"``. ``"prompt"``: the ASR chat prompt + text + ``<|im_end|>``."""
+    if sample_format == "seed" and stage == 1:
+        eos = model.tokenizer.eos_token_id if model.tokenizer.eos_token_id is not None else model.eos_id
+        return [model.audio_tag_id], {"eos_id": eos}
+    return model.prompt_ids(model.asr_prompt()).tolist(), {
+        "eos_id": model.eos_id, "leading_space": sample_format == "seed"}
 
 
 def build_batch(embed: nn.Embedding, prompt: list[int], placeholder: int, audio: list[torch.Tensor],
@@ -60,10 +74,12 @@ def build_batch(embed: nn.Embedding, prompt: list[int], placeholder: int, audio:
 class SpeechLoss(nn.Module):
     """Model + loss in one module, so DistributedDataParallel sees every trained parameter in its forward."""
 
-    def __init__(self, model: SpeechLM) -> None:
+    def __init__(self, model: SpeechLM, prompt: list[int] | None = None) -> None:
         super().__init__()
         self.model = model
         self.prompt, self.placeholder = prompt_and_placeholder(model)
+        if prompt is not None:  # a sample format's own prompt (sample_parts)
+            self.prompt = prompt
 
     def forward(self, audios: list[np.ndarray], answers: list[list[int]]) -> torch.Tensor:
         llm = self.model.llm
