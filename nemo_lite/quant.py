@@ -69,6 +69,15 @@ def _row_chunks(n_rows: int, row_len: int) -> Iterable[slice]:
     return (slice(i, min(i + step, n_rows)) for i in range(0, n_rows, step))
 
 
+def _dense_matmul(layer: Int8Linear | Int4Linear, x2: torch.Tensor) -> torch.Tensor:
+    """The dense fallback both layers share: ``x2`` (M, K) times the weight dequantized a chunk of output rows at a
+    time (never the whole matrix in float) -> (M, N) in :func:`_dense_dtype`."""
+    cd = _dense_dtype(x2)
+    xc = x2.to(cd)
+    return torch.cat([F.linear(xc, layer.dequantize(cd, rows))
+                      for rows in _row_chunks(layer.out_features, layer.in_features)], 1)
+
+
 class Int8Linear(nn.Module):
     """``y = x @ (weight * scale[:, None]).T + bias`` with int8 ``weight`` (N, K) and bf16 ``scale`` (N,)."""
 
@@ -112,10 +121,7 @@ class Int8Linear(nn.Module):
                 xb = xb.clone()  # a fresh allocation is aligned; the kernel would segfault on this one
             y = torch.ops.aten._weight_int8pack_mm(xb, self.weight, self.scale).to(x.dtype)  # (M, N)
         else:
-            cd = _dense_dtype(x)
-            xc = x2.to(cd)
-            y = torch.cat([F.linear(xc, self.dequantize(cd, rows))
-                           for rows in _row_chunks(self.out_features, self.in_features)], 1).to(x.dtype)  # (M, N)
+            y = _dense_matmul(self, x2).to(x.dtype)  # (M, N)
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)
         return y.reshape(*lead, self.out_features)
@@ -268,10 +274,7 @@ class Int4Linear(nn.Module):
                                                            self.group_size, self.scales_and_zeros)  # (M, N)
             y = y.to(x.dtype)
         else:
-            cd = _dense_dtype(x)
-            xc = x2.to(cd)
-            y = torch.cat([F.linear(xc, self.dequantize(cd, rows))
-                           for rows in _row_chunks(self.out_features, self.in_features)], 1).to(x.dtype)  # (M, N)
+            y = _dense_matmul(self, x2).to(x.dtype)  # (M, N)
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)
         return y.reshape(*lead, self.out_features)
