@@ -43,6 +43,7 @@ from .terminal import (
     SetupError,
     add_run_args,
     load_command_model,
+    model_for_inputs,
     prepare,
     run,
     say,
@@ -190,13 +191,9 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
         return corpus_job(args)
     errors: list[str] = []
     jobs = collect_jobs(args.inputs, errors, args.allow_truncated)
-    for msg in errors:
-        say(msg)
-    if not jobs:
-        say("nothing to transcribe")
+    model = model_for_inputs(args, errors, len(jobs), "transcribe")
+    if model is None:
         return EXIT_BAD_INPUT
-    prepare(args)
-    model = load_command_model(args)
     if args.output_dir:
         try:
             Path(args.output_dir).mkdir(parents=True, exist_ok=True)

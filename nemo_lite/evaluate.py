@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .terminal import EXIT_BAD_INPUT, EXIT_OK, Bar, SetupError, add_run_args, load_command_model, prepare, say
+from .terminal import EXIT_BAD_INPUT, EXIT_OK, Bar, SetupError, add_run_args, model_for_inputs, say
 
 if TYPE_CHECKING:
     from .training.data import Utterance
@@ -187,13 +187,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as err:
         say(f"cannot read manifest {args.manifest}: {err}")
         return EXIT_BAD_INPUT
-    for msg in errors:
-        say(msg)
-    if not items:
-        say("nothing to evaluate")
+    model = model_for_inputs(args, errors, len(items), "evaluate")
+    if model is None:
         return EXIT_BAD_INPUT
-    prepare(args)
-    model = load_command_model(args)
     bar = Bar(sum(u.duration for u in items), "evaluating", disable=args.quiet)
     result = evaluate(model, items, args.output, args.batch_size, args.spelling_mapping, args.max_new_tokens,
                       progress=bar.add, allow_truncated=args.allow_truncated)

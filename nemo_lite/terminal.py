@@ -156,6 +156,18 @@ def prepare(args: argparse.Namespace) -> None:
         raise SetupError(str(err)) from None
 
 
+def model_for_inputs(args: argparse.Namespace, errors: list[str], inputs: int, verb: str) -> SpeechLM | None:
+    """The order every model command keeps: each input problem said on its own line, then, when ``inputs`` are
+    left, the flags checked (:func:`prepare`) and the model loaded; None (after "nothing to ``verb``") otherwise."""
+    for msg in errors:
+        say(msg)
+    if not inputs:
+        say(f"nothing to {verb}")
+        return None
+    prepare(args)
+    return load_command_model(args)
+
+
 def load_command_model(args: argparse.Namespace) -> SpeechLM:
     """The model a command's ``--model`` etc. name (either design, detected from the checkpoint), after
     :func:`prepare`; :class:`SetupError` with the loader's message (CheckpointError/ConfigError say how to use a

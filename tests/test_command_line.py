@@ -130,9 +130,9 @@ def run(args: list[str], capsys) -> tuple[int, str, str]:
 def loaded(monkeypatch, tiny_model, tiny_ckpt) -> str:
     """The commands get the session's tiny model instead of loading it again (loading is exercised by the
     subprocess tests); returns the --model value to pass."""
-    from nemo_lite import evaluate
+    from nemo_lite import terminal
 
-    for module in (cli, evaluate):
+    for module in (cli, terminal):  # terminal.model_for_inputs loads through its own name
         monkeypatch.setattr(module, "load_command_model", lambda args: tiny_model)
     return str(tiny_ckpt)
 
@@ -147,7 +147,10 @@ def test_cuda_on_a_cpu_only_machine_is_one_line_and_exit_2(capsys):
 
 def test_bad_inputs_are_reported_before_the_model_loads(tmp_path, capsys, monkeypatch):
     """Nothing to transcribe: every problem named, exit 1, and no model load attempted (the --model is bogus)."""
-    monkeypatch.setattr(cli, "load_command_model", lambda args: pytest.fail("the model was loaded"))
+    from nemo_lite import terminal
+
+    for module in (cli, terminal):
+        monkeypatch.setattr(module, "load_command_model", lambda args: pytest.fail("the model was loaded"))
     bad = tmp_path / "m.jsonl"
     bad.write_text("{not json\n")
     code, _, err = run(["transcribe", str(tmp_path / "missing.wav"), str(bad), "--model", "no/such-model"], capsys)
