@@ -79,30 +79,17 @@ class Job:
 
 # ---------------------------------------------------------------------- inputs
 def read_manifest(path: Path) -> list[tuple[Path, float | None, float | None]]:
-    """NeMo manifest entries ``(audio path, duration, offset)``: JSON lines, or one JSON list of objects;
+    """NeMo manifest entries ``(audio path, duration, offset)`` (:func:`nemo_lite.corpus.read_manifest_lines`);
     ``ValueError`` (or ``OSError``) naming the problem when it cannot be read."""
-    text = path.read_text(encoding="utf-8")
-    try:
-        whole = json.loads(text)
-        entries = whole if isinstance(whole, list) else [whole]
-    except json.JSONDecodeError:
-        entries = []
-        for n, line in enumerate(text.splitlines(), 1):
-            try:
-                entries += [json.loads(line)] if line.strip() else []
-            except json.JSONDecodeError as err:
-                raise ValueError(f"line {n} is not JSON ({err.msg})") from None
+    from .corpus import read_manifest_lines
+
     out = []
-    for n, entry in enumerate(entries, 1):
-        if not isinstance(entry, dict) or "audio_filepath" not in entry:
-            raise ValueError(f"entry {n} has no 'audio_filepath'")
-        audio = Path(entry["audio_filepath"]).expanduser()
-        duration, offset = entry.get("duration"), entry.get("offset")
+    for n, (fields, audio) in enumerate(read_manifest_lines(path), 1):
         try:
-            duration, offset = [None if v is None else float(v) for v in (duration, offset)]
+            duration, offset = [None if fields.get(k) is None else float(fields[k]) for k in ("duration", "offset")]
         except (TypeError, ValueError):
             raise ValueError(f"entry {n}: 'duration'/'offset' must be numbers of seconds") from None
-        out.append((audio if audio.is_absolute() else path.parent / audio, duration, offset))
+        out.append((Path(audio), duration, offset))
     return out
 
 

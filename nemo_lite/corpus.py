@@ -120,11 +120,16 @@ def read_manifest_lines(path: Path) -> list[tuple[dict, str]]:
         whole = json.loads(text)
         lines = whole if isinstance(whole, list) else [whole]
     except json.JSONDecodeError:
-        lines = [json.loads(line) for line in text.splitlines() if line.strip()]
+        lines = []
+        for n, line in enumerate(text.splitlines(), 1):
+            try:
+                lines += [json.loads(line)] if line.strip() else []
+            except json.JSONDecodeError as err:
+                raise ValueError(f"line {n} is not JSON ({err.msg})") from None
     out = []
     for n, fields in enumerate(lines, 1):
         if not isinstance(fields, dict) or "audio_filepath" not in fields:
-            raise ValueError(f"{path}: entry {n} has no 'audio_filepath'")
+            raise ValueError(f"entry {n} has no 'audio_filepath'")
         audio = Path(str(fields["audio_filepath"])).expanduser()
         out.append((fields, str(audio if audio.is_absolute() else path.parent / audio)))
     return out
