@@ -294,8 +294,10 @@ def main() -> None:
             shortest = min(files, key=lambda f: durations[f])
             baseline = cli_run(args, [shortest], args.batch).cpu  # imports + model load + one short row
             clis = [cli_run(args, files, args.batch, baseline)]  # before and after the servers: the best counts
-            off_levels = [int(c) for c in args.off_clients.split(",")]
+            off_levels = [int(c) for c in args.off_clients.split(",") if c.strip()]
             for batch, batch_levels in ((args.batch, levels), (1, off_levels)):
+                if not batch_levels:
+                    continue
                 proc, url = start_server(args, batch)
                 try:
                     client_run(url, files[:2], durations, 1, "warm-up", None)

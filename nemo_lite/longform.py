@@ -227,9 +227,19 @@ def scan(file: FileAudio, opts: ChunkOptions = ChunkOptions(), detector: VoiceDe
     :class:`~nemo_lite.audio.DamagedAudioError` at the end of the pass unless ``file.allow_truncated``.
     """
     splitter = WindowSplitter(opts)
+    held: list[np.ndarray] | None = []  # pieces not yet fed to the detector; None once it is fed as they come
     for piece in file.pieces():
         splitter.feed(piece)
-        if detector is not None:
+        if detector is not None and held is not None:
+            # The detector starts only once the input is known to be longer than one window: a clip that fits
+            # returns its samples and is never segmented from this pass (plan_windows runs its own detector
+            # when it needs one), so its VAD work would be thrown away (it was ~70 % of checking a short clip).
+            held.append(piece)
+            if splitter.total > opts.max_samples:
+                for p in held:
+                    detector.feed(p)
+                held = None
+        elif detector is not None:
             detector.feed(piece)
         if progress is not None:
             progress(len(piece))

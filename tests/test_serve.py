@@ -431,3 +431,38 @@ def test_cli_imports_the_server_lazily():
     assert not [n for n in names if "serve" in n or n in ("fastapi", "uvicorn", "prometheus_client")]
     serve = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "cmd_serve")
     assert any(isinstance(n, ast.ImportFrom) and n.module == "serve.server" for n in ast.walk(serve))
+
+
+def test_batch_waits_for_requests_in_flight_that_fill_it():
+    """Batches of 6.9 rows of 8 at 16 clients (bench/serve_load.py): a batch left after ``batch_wait`` while uploads
+    it could hold were still being received. It now waits for requests in flight when they would fill it (up to a
+    tenth of a batch's mean time), and only ``batch_wait`` when they would not."""
+    from nemo_lite.serve.engine import Planned
+    from nemo_lite.serve.scheduler import AsrJob, Scheduler
+
+    def run(waiting: int, in_flight: int) -> list[int]:
+        sizes: list[int] = []
+
+        class FakeEngine:
+            def transcribe_windows(self, rows):
+                sizes.append(len(rows))
+                return ["x"] * len(rows)
+
+        def job() -> AsrJob:
+            return AsrJob(Planned("clip", [(0, 1)], 1), on_window=lambda k, t: None, on_error=lambda m: None)
+
+        scheduler = Scheduler(FakeEngine, max_batch_size=8, batch_wait=0.01)
+        scheduler.batch_seconds = 2.0  # running mean batch time: up to 0.2 s of waiting to fill a batch
+        for _ in range(waiting):
+            scheduler.submit(job())
+        scheduler.incoming(in_flight)
+        scheduler.start()
+        time.sleep(0.1)  # the requests in flight arrive 10x batch_wait later
+        for _ in range(in_flight):
+            scheduler.submit(job())
+        scheduler.incoming(-in_flight)
+        scheduler.stop(5)
+        return sizes
+
+    assert run(5, 3) == [8]  # the three in flight fill the batch: it waited for them
+    assert run(5, 1) == [5, 1]  # they would not fill it: it left after batch_wait

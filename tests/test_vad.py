@@ -353,3 +353,22 @@ def test_srt_and_vtt_format():
                                "2\n01:01:01,000 --> 01:01:02,250\nOne hour -> later.\n\n")
     assert st.to_vtt(cues) == ("WEBVTT\n\n00:00:00.000 --> 00:00:01.500\nHello there.\n\n"
                                "01:01:01.000 --> 01:01:02.250\nOne hour -> later.\n\n")
+
+
+def test_scan_runs_the_detector_only_for_input_longer_than_a_window(spaced, model, tmp_path):
+    """A clip within one window was run through the VAD during its scan and the result thrown away (~70 % of
+    checking a short upload in the server, of every short file in the CLI). The scan now starts the detector only
+    once the input is longer than the window; a long file's regions are still those of the whole array."""
+    from nemo_lite.longform import ChunkOptions, LongAudio, scan
+
+    path = tmp_path / "spaced.flac"
+    sf.write(path, spaced.audio, SR, subtype="PCM_24")
+    decoded = sf.read(path, dtype="float32")[0]
+    seconds = len(decoded) / SR
+    short = vad.VoiceDetector(vad.VadOptions(), model)
+    x = scan(FileAudio.of(str(path)), ChunkOptions(max_chunk_seconds=seconds + 1), short)
+    assert isinstance(x, np.ndarray) and short.total == 0  # fits one window: no VAD work
+    long = vad.VoiceDetector(vad.VadOptions(), model)
+    x = scan(FileAudio.of(str(path)), ChunkOptions(max_chunk_seconds=seconds / 3), long)
+    assert isinstance(x, LongAudio) and long.total == len(decoded)
+    assert long.regions == vad.speech_regions(decoded, model=model)
