@@ -7,7 +7,7 @@ second, p50/p95 request latency, and mean rows per decoding batch (from the serv
 files then go through the offline CLI (``nemo-lite transcribe --batch-size B``; its own RTFx line, model load
 excluded), the reference for the acceptance target: at 16 clients the server reaches >= 80 % of it.
 
-    python bench/serve_load.py --tiny --out docs/serving.md     # random tiny checkpoint, 48 generated files
+    python bench/serve_load.py --tiny --out docs/serving.md     # random tiny checkpoint, 128 generated files
     python bench/serve_load.py --model /ckpt --llm-path /qwen3 --files clips/ --threads 2
     python bench/serve_load.py --url http://127.0.0.1:8000 --files clips/   # a running server: client levels only
 
@@ -260,8 +260,10 @@ def main() -> None:
     src.add_argument("--tiny", action="store_true", help="write and serve a random tiny checkpoint")
     src.add_argument("--model", help="checkpoint to serve (started here)")
     src.add_argument("--url", help="a running server (client levels only)")
-    p.add_argument("--files", help="folder of audio files (default: 32 generated files of 1-12 s)")
-    p.add_argument("--n-files", type=int, default=48)
+    p.add_argument("--files", help="folder of audio files (default: --n-files generated files of 1-12 s)")
+    p.add_argument("--n-files", type=int, default=128,
+                   help="generated files (default %(default)s: 8 requests per client at 16 clients, so the figure is "
+                        "sustained load rather than the first burst, whose arrival fills the first batch partly)")
     p.add_argument("--clients", default="1,4,16", help="client levels (default %(default)s)")
     p.add_argument("--off-clients", default="1,16", help="client levels with --max-batch-size 1 (default %(default)s)")
     p.add_argument("--repeat", type=int, default=2, help="runs per measurement, the best kept (default %(default)s)")
