@@ -4,7 +4,9 @@ Decoding uses soundfile (libsndfile: wav, flac, ogg/vorbis, opus, mp3), streamed
 sits in memory at its own rate and channel count. Any sample rate is resampled with soxr at its high-quality setting
 (what librosa uses by default); files and arrays get bit-identical resampling. Multi-channel audio is averaged to
 mono; integer PCM is scaled to [-1, 1) the way soundfile does. Every problem raises :class:`AudioError` naming
-the input.
+the input. A format libsndfile does not recognise (m4a/AAC, WMA, AC-3, WebM, ...) is opened by FFmpeg through PyAV
+instead (:mod:`nemo_lite.ffmpeg`, the ``[ffmpeg]`` extra), a reader with the same interface, so it goes through the
+same streaming passes; without PyAV the error says which extra to install.
 
 A file can also be wrapped as :class:`FileAudio` and decoded in passes of small blocks (:meth:`FileAudio.pieces`),
 each giving exactly the samples :func:`load_audio` would: :mod:`nemo_lite.longform` uses this to transcribe long

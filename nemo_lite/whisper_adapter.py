@@ -30,7 +30,9 @@ Checkpoints, all loaded strictly (every tensor used, every parameter filled; met
   ``WhisperEncoder.from_pretrained`` on a full checkpoint silently loads nothing.
 - the original project's merged checkpoint (``merge_and_unload`` of Qwen2-VL + audio): Qwen2-VL keys (legacy
   ``model.*``/``lm_head.*`` or ``model.language_model.*``) + ``audio_encoder.*`` + ``audio_projector.weight``; see
-  :data:`nemo_lite.weights.MERGED_KEY_MAP`. Every tensor is used: the vision tower (``visual.*``) included.
+  :data:`nemo_lite.weights.MERGED_KEY_MAP`. Every tensor is used: the vision tower (``visual.*``) included. Its
+  ``config.json`` may be 5.x's or the fork's flat 4.45 one with ``audio_hidden_size``/``use_audio_encoder``
+  (:func:`check_seed_config`: unknown keys and an audio width that is not the tensors' are errors).
 The key tables and the strict safetensors reader live in :mod:`nemo_lite.weights`.
 """
 
