@@ -4,7 +4,9 @@ Decoding uses soundfile (libsndfile: wav, flac, ogg/vorbis, opus, mp3), streamed
 sits in memory at its own rate and channel count. Any sample rate is resampled with soxr at its high-quality setting
 (what librosa uses by default); files and arrays get bit-identical resampling. Multi-channel audio is averaged to
 mono; integer PCM is scaled to [-1, 1) the way soundfile does. Every problem raises :class:`AudioError` naming
-the input.
+the input. A format libsndfile does not recognise (m4a/AAC, WMA, AC-3, WebM, ...) is opened by FFmpeg through PyAV
+instead (:mod:`nemo_lite.ffmpeg`, the ``[ffmpeg]`` extra), a reader with the same interface, so it goes through the
+same streaming passes; without PyAV the error says which extra to install.
 
 A file can also be wrapped as :class:`FileAudio` and decoded in passes of small blocks (:meth:`FileAudio.pieces`),
 each giving exactly the samples :func:`load_audio` would: :mod:`nemo_lite.longform` uses this to transcribe long
@@ -47,6 +49,8 @@ from typing import Any, Union
 
 import numpy as np
 
+from .ffmpeg import EXTENSIONS as FFMPEG_EXTENSIONS
+
 SAMPLE_RATE = 16000  # Hz, the model's rate
 MAX_CHANNELS = 16  # an array axis this short is read as channels, not time
 BLOCK = 1 << 20  # frames decoded/checked at a time: ~1 M (22 s at 48 kHz) bounds temporaries for long files
@@ -55,9 +59,12 @@ SALVAGE_BLOCK = 4096  # frames per read after a block failed: a cut-short FLAC g
 UNKNOWN_FRAMES = 1 << 40  # a frame count this large is libsndfile's "unknown" (non-seekable stream), not a length
 HOP = 160  # mel hop: 10 ms at 16 kHz
 MIN_SAMPLES = 2 * HOP  # 20 ms = 2 valid mel frames, the fewest that give a per-feature std (unbiased: n - 1 > 0)
-# Extensions libsndfile decodes (wav/flac/ogg-vorbis/opus/mp3 and the older PCM containers); no m4a/aac.
-AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc", ".au",
-                              ".snd", ".caf", ".w64", ".rf64"})
+# Extensions libsndfile decodes (wav/flac/ogg-vorbis/opus/mp3 and the older PCM containers), and those FFmpeg
+# decodes for it (m4a, aac, ...: nemo_lite.ffmpeg, the [ffmpeg] extra).
+SNDFILE_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc", ".au",
+                                ".snd", ".caf", ".w64", ".rf64"})
+AUDIO_EXTENSIONS = SNDFILE_EXTENSIONS | FFMPEG_EXTENSIONS
+UNKNOWN_FORMAT = "Format not recognised"  # libsndfile's error for a container it does not read: try FFmpeg
 
 # Containers whose header states the exact frame count (mp3/Ogg headers only estimate it): fewer decoded = damaged.
 EXACT_LENGTH_FORMATS = frozenset({"WAV", "WAVEX", "AIFF", "AU", "CAF", "W64", "RF64", "FLAC"})
@@ -87,6 +94,11 @@ class DamagedAudioError(AudioError):
                          f"promises{detail}; --allow-truncated (allow_truncated=True) transcribes what is there")
         self.seconds = seconds  # audio decoded before the file ended
         self.promised = promised  # audio the header announces
+
+
+class AudioFormatError(Exception):
+    """Neither libsndfile nor FFmpeg can open the input (or FFmpeg is not installed); turned into
+    :class:`AudioError` ``"NAME: cannot decode audio (...)"`` by the callers."""
 
 
 class TruncatedAudioWarning(UserWarning):
@@ -234,17 +246,53 @@ class Decoded:
 
 
 def _open(src: Any) -> tuple[Any, int | None]:
-    """``soundfile.SoundFile(src)`` with decoder chatter kept off the terminal + the frames it promises."""
+    """``soundfile.SoundFile(src)`` with decoder chatter kept off the terminal + the frames it promises; a format
+    libsndfile does not recognise is opened by FFmpeg (:mod:`nemo_lite.ffmpeg`, the ``[ffmpeg]`` extra) instead,
+    or, without PyAV, raises :class:`AudioFormatError` naming the extra."""
     import soundfile as sf
 
     wav = wav_data_frames(src)
-    with quiet_stderr():
-        f = sf.SoundFile(src)
+    start = _tell(src)  # a file object: where its audio begins (libsndfile may read past it)
+    try:
+        with quiet_stderr():
+            f = sf.SoundFile(src)
+    except sf.LibsndfileError as err:
+        if UNKNOWN_FORMAT not in str(err):
+            raise
+        return _open_ffmpeg(src, start, err), None
     try:
         return f, promised_frames(f, wav)
     except Exception:
         f.close()
         raise
+
+
+def _tell(src: Any) -> int | None:
+    """A seekable file object's position; None for paths and streams that cannot seek."""
+    if isinstance(src, (str, os.PathLike)):
+        return None
+    try:
+        return src.tell() if src.seekable() else None
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _open_ffmpeg(src: Any, start: int | None, sf_error: Exception) -> Any:
+    """``src`` through FFmpeg (PyAV), after libsndfile gave up on its format (``sf_error``)."""
+    from . import ffmpeg
+
+    reason = str(sf_error).rsplit(": ", 1)[-1].rstrip(".")  # "Format not recognised"
+    if not ffmpeg.available():
+        raise AudioFormatError(f"libsndfile: {reason}; {ffmpeg.MISSING}")
+    if not isinstance(src, (str, os.PathLike)):
+        if start is None:
+            raise AudioFormatError(f"libsndfile: {reason}; FFmpeg needs a seekable file object")
+        src.seek(start)  # back to where libsndfile began reading
+    try:
+        with quiet_stderr():
+            return ffmpeg.FFmpegAudio(os.fspath(src) if isinstance(src, os.PathLike) else src)
+    except ffmpeg.FFmpegError as err:
+        raise AudioFormatError(f"libsndfile: {reason}; FFmpeg: {err}") from None
 
 
 def _pieces(f: Any, name: str, block: int, frames: int = -1) -> Generator[np.ndarray, None, Decoded]:

@@ -371,3 +371,30 @@ def write_shards(path: Path, state: dict[str, torch.Tensor], shards: int) -> Non
         total += sum(t.numel() * t.element_size() for t in part.values())
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     (path / "model.safetensors.index.json").write_text(json.dumps(index, indent=1))
+
+
+# ---------------------------------------------------------------------- compressed audio (FFmpeg formats)
+AAC_FRAME = 1024  # samples per AAC frame
+
+
+def write_m4a(path: str | os.PathLike, audio, rate: int, bitrate: int = 128_000) -> Path:
+    """``audio`` (float32 (samples,) or (samples, channels) in [-1, 1]) as an AAC ``.m4a`` by PyAV's (FFmpeg's)
+    native AAC encoder: what phones and most recorders write, and what libsndfile cannot read."""
+    import av
+    import numpy as np
+
+    x = np.asarray(audio, dtype=np.float32)
+    x = x[:, None] if x.ndim == 1 else x  # (samples, channels)
+    layout = {1: "mono", 2: "stereo"}[x.shape[1]]
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("aac", rate=rate, layout=layout)
+        stream.bit_rate = bitrate
+        for start in range(0, len(x), AAC_FRAME):
+            planes = np.ascontiguousarray(x[start:start + AAC_FRAME].T)  # (channels, samples): fltp is planar
+            frame = av.AudioFrame.from_ndarray(planes, format="fltp", layout=layout)
+            frame.sample_rate, frame.pts = rate, start
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return Path(path)

@@ -15,6 +15,11 @@ the same position on all three axes, so an audio-only prompt runs with plain 1-D
 Key names: transformers 4.45 (the seed's fork, and ``save_pretrained`` of 5.x) writes ``model.layers.*``,
 ``model.embed_tokens.*``, ``model.norm.*``, ``visual.*``, ``lm_head.*``; in memory 5.x names them
 ``model.language_model.*`` and ``model.visual.*``. :data:`VL_KEY_MAP` reads both; :func:`legacy_key` writes 4.45.
+
+Config: ``config.json`` as 5.x writes it (text fields under ``text_config``) or as 4.45 did (the same fields at the
+top level, ``rope_scaling``; the seed's fork saved that, plus its audio fields), read by transformers' own
+``Qwen2VLConfig``, which accepts both. It would keep any other key as an attribute without a word, so
+:func:`check_config_keys` refuses keys it does not know first.
 """
 
 from __future__ import annotations
@@ -49,11 +54,37 @@ VL_KEY_MAP: list[tuple[str, str]] = [
 ]
 # In-memory prefix -> the 4.45 name the seed's checkpoints (and its fork) use.
 LEGACY_KEY_MAP: list[tuple[str, str]] = [("model.language_model.", "model."), ("model.visual.", "visual.")]
+# config.json keys transformers 4.45 wrote that 5.x's Qwen2VLConfig.to_dict() no longer holds (it reads them): the
+# rope settings before rope_parameters, torch_dtype before dtype, and the hub Qwen2-VL-7B-Instruct config's
+# vision_token_id and vision tower extras (in_chans, spatial_patch_size: unused by every version).
+LEGACY_CONFIG_KEYS = frozenset({"rope_scaling", "rope_theta", "torch_dtype", "vision_token_id"})
+LEGACY_VISION_KEYS = frozenset({"in_chans", "spatial_patch_size", "torch_dtype"})
 
 
 def is_vision_config(config: PretrainedConfig | dict) -> bool:
     model_type = config.get("model_type") if isinstance(config, dict) else getattr(config, "model_type", None)
     return model_type in VL_MODEL_TYPES
+
+
+def check_config_keys(raw: dict, name: str, extra: frozenset[str] = frozenset()) -> None:
+    """Fail loudly on a Qwen2-VL ``config.json`` key nemo_lite does not understand (a quantization_config, another
+    fork's field): :class:`~nemo_lite.weights.CheckpointError` naming every one. Known: what 5.x's config classes
+    write (text fields in ``text_config``), the flat 4.45 layout (text fields at the top level, the seed's fork
+    too), :data:`LEGACY_CONFIG_KEYS` / :data:`LEGACY_VISION_KEYS`, and ``extra`` (the caller's own fields)."""
+    from transformers import Qwen2VLConfig
+    from transformers.models.qwen2_vl.configuration_qwen2_vl import Qwen2VLTextConfig, Qwen2VLVisionConfig
+
+    from .weights import CheckpointError
+
+    common = set(Qwen2VLConfig().to_dict()) | LEGACY_CONFIG_KEYS  # 5.x writes some (tie_word_embeddings) in both
+    text = set(Qwen2VLTextConfig().to_dict()) | common
+    sections = [("", raw, text | extra),  # 4.45: the text fields at the top level
+                ("text_config.", raw.get("text_config") or {}, text),
+                ("vision_config.", raw.get("vision_config") or {}, set(Qwen2VLVisionConfig().to_dict())
+                 | LEGACY_VISION_KEYS)]
+    unknown = [prefix + key for prefix, section, known in sections for key in sorted(set(section) - known)]
+    if unknown:
+        raise CheckpointError(f"{name}: unknown key(s) {unknown}; nemo_lite does not implement them")
 
 
 def has_vision(llm: torch.nn.Module) -> bool:

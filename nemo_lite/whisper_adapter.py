@@ -30,7 +30,9 @@ Checkpoints, all loaded strictly (every tensor used, every parameter filled; met
   ``WhisperEncoder.from_pretrained`` on a full checkpoint silently loads nothing.
 - the original project's merged checkpoint (``merge_and_unload`` of Qwen2-VL + audio): Qwen2-VL keys (legacy
   ``model.*``/``lm_head.*`` or ``model.language_model.*``) + ``audio_encoder.*`` + ``audio_projector.weight``; see
-  :data:`nemo_lite.weights.MERGED_KEY_MAP`. Every tensor is used: the vision tower (``visual.*``) included.
+  :data:`nemo_lite.weights.MERGED_KEY_MAP`. Every tensor is used: the vision tower (``visual.*``) included. Its
+  ``config.json`` may be 5.x's or the fork's flat 4.45 one with ``audio_hidden_size``/``use_audio_encoder``
+  (:func:`check_seed_config`: unknown keys and an audio width that is not the tensors' are errors).
 The key tables and the strict safetensors reader live in :mod:`nemo_lite.weights`.
 """
 
@@ -70,6 +72,8 @@ HEAD_DIM = 64  # every Whisper size has 64-wide heads (tiny 384/6 ... large 1280
 AUDIO_BOS, AUDIO_PAD, AUDIO_EOS = "<|audio_bos|>", "<|audio_pad|>", "<|audio_eos|>"
 INSTRUCTION = ADAPTER_INSTRUCTION  # the original project's ASR instruction
 LLM_LORA_TARGETS = r"model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"  # peft fullmatch
+# config.json fields the seed's graft script added to Qwen2-VL's (audio_hidden_size = the Whisper width, 1280).
+SEED_AUDIO_KEYS = frozenset({"audio_hidden_size", "use_audio_encoder"})
 
 CONFIG_FILE = "whisper_llm.json"
 PROJECTOR_FILE = "projector.safetensors"
@@ -120,6 +124,8 @@ def load_causal_lm(source: str | os.PathLike, dtype: torch.dtype, device: torch.
     ckpt = resolve(source, base)
     config = AutoConfig.from_pretrained(ckpt)
     is_vl = vision.is_vision_config(config)
+    if is_vl:
+        vision.check_config_keys(json.loads((ckpt / "config.json").read_text()), str(ckpt / "config.json"))
     lm = vision.build_vision_llm(config) if is_vl else build_llm(config, None)
     expected, tie = weights.expected_shapes(lm)
     key_map = vision.vl_key if is_vl else (lambda k: k)
@@ -227,6 +233,7 @@ class WhisperLLM(SpeechLM):
             raise CheckpointError(f"{root}: config.json is a {config.model_type!r} config; a merged adapter "
                                   f"checkpoint is a Qwen2-VL ({vision.VL_MODEL_TYPES})")
         whisper_config = whisper_config or infer_whisper_config(files)
+        check_seed_config(json.loads((root / "config.json").read_text()), root / "config.json", whisper_config)
         with torch.device("meta"):
             encoder = WhisperEncoder(whisper_config)
         llm = vision.build_vision_llm(config)
@@ -353,6 +360,18 @@ class WhisperLLM(SpeechLM):
 
 
 # ---------------------------------------------------------------------- helpers
+def check_seed_config(raw: dict, name: Path, whisper_config: WhisperConfig) -> None:
+    """The merged checkpoint's ``config.json``: Qwen2-VL's keys (either layout, :func:`vision.check_config_keys`)
+    + the seed fork's audio fields, which must agree with the audio tensors; :class:`CheckpointError` otherwise."""
+    vision.check_config_keys(raw, str(name), extra=SEED_AUDIO_KEYS)
+    if raw.get("use_audio_encoder") is False:
+        raise CheckpointError(f"{name}: use_audio_encoder is false: the seed's fork built no audio encoder")
+    width = raw.get("audio_hidden_size")
+    if width is not None and width != whisper_config.d_model:
+        raise CheckpointError(f"{name}: audio_hidden_size {width} but the audio_encoder tensors are "
+                              f"{whisper_config.d_model} wide")
+
+
 def infer_whisper_config(files: list[Path], prefix: str = "audio_encoder.") -> WhisperConfig:
     """Encoder hyper-parameters from tensor shapes (heads: d_model // 64, as in every Whisper size)."""
     shapes: dict[str, tuple[int, ...]] = {}

@@ -38,6 +38,15 @@ def tiny_model(tiny_ckpt):
 
 
 @pytest.fixture(scope="session")
+def qwen2_vl_adapter(tmp_path_factory) -> Path:
+    """The Qwen2-VL audio adapter in the seed's published layout (testing.write_random_adapter), its Whisper with
+    6 s windows (max_source_positions 300) so decoding stays fast; shared by the adapter's test files."""
+    root = tmp_path_factory.mktemp("adapter")
+    whisper = testing.write_random_whisper(root / "whisper", {**testing.TINY_WHISPER, "max_source_positions": 300})
+    return testing.write_random_adapter(root / "published", whisper)
+
+
+@pytest.fixture(scope="session")
 def parity_meta() -> dict:
     return json.loads((FIXTURES / "meta.json").read_text())
 

@@ -100,14 +100,14 @@ def test_folder_of_bad_inputs_each_named_in_one_line(tiny_ckpt, tmp_path):
 
 
 def test_help_is_fast_and_imports_nothing_heavy():
-    """``nemo-lite --help`` and ``nemo-lite transcribe --help`` under a second: parsing imports no torch,
+    """``nemo-lite --help``, ``transcribe --help`` and ``manifest --help`` under a second: parsing imports no torch,
     transformers, numpy or soundfile (it took 3-4 s when the parser pulled in torch)."""
     probe = ("import sys; from nemo_lite.cli import build_parser; build_parser(); "
              "print(sorted(m for m in ('torch', 'transformers', 'numpy', 'soundfile', 'tqdm') if m in sys.modules))")
     res = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60,
                          env={**os.environ, "PYTHONPATH": str(Path(nemo_lite.__file__).parents[1])})
     assert res.stdout.strip() == "[]", res.stdout + res.stderr
-    for args in (["--help"], ["transcribe", "--help"]):
+    for args in (["--help"], ["transcribe", "--help"], ["manifest", "--help"]):
         best = min(_timed(nemo_lite_cmd, *args) for _ in range(3))
         assert best < 1.0, (args, best)
 

@@ -27,10 +27,8 @@ BOTH = [{"role": "user",
 
 
 @pytest.fixture(scope="module")
-def adapter(tmp_path_factory):
-    root = tmp_path_factory.mktemp("adapter")
-    whisper = testing.write_random_whisper(root / "whisper", WHISPER)
-    return testing.write_random_adapter(root / "published", whisper)
+def adapter(qwen2_vl_adapter):
+    return qwen2_vl_adapter
 
 
 @pytest.fixture(scope="module")
