@@ -184,3 +184,39 @@ def test_flat_config_audio_fields_must_match_the_tensors(adapter, tmp_path):
     path = with_config(adapter, tmp_path / "wide", {**flat_config(), "audio_hidden_size": 1280})
     with pytest.raises(CheckpointError, match="audio_hidden_size 1280 but the audio_encoder tensors are 64 wide"):
         nemo_lite.from_pretrained(path)
+
+
+def test_served_by_nemo_lite_serve(adapter, model):
+    """`nemo-lite serve` on the adapter's checkpoint (loaded as the command loads it: nemo_lite.from_pretrained):
+    the official client's transcription and an input_audio chat equal the Python API's, batched together."""
+    pytest.importorskip("fastapi", reason="the [serve] extra is not installed")
+    openai = pytest.importorskip("openai", reason="the openai client (test extra) is not installed")
+    import base64
+    from concurrent.futures import ThreadPoolExecutor
+
+    from nemo_lite.serve.app import ServeConfig, create_app
+    from nemo_lite.serve.engine import Engine
+
+    from .serve_support import ThreadServer
+
+    short, medium = DATA / "speech_short.wav", DATA / "speech_medium.wav"
+    config = ServeConfig(model_name="adapter", max_batch_size=4, batch_wait_ms=50, threads=1)
+    app = create_app(lambda: Engine(nemo_lite.from_pretrained(adapter), max_new_tokens=TOKENS), config)
+    audio = {"type": "input_audio", "input_audio": {"data": base64.b64encode(short.read_bytes()).decode(),
+                                                    "format": "wav"}}
+    with ThreadServer(app) as server:
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+        def transcribe(path: Path) -> str:
+            with open(path, "rb") as f:
+                return client.audio.transcriptions.create(file=f, model="adapter", response_format="text")
+
+        with ThreadPoolExecutor(3) as pool:
+            texts = list(pool.map(transcribe, [short, medium, short]))
+        answer = client.chat.completions.create(model="adapter", max_tokens=TOKENS, messages=[
+            {"role": "user", "content": [{"type": "text", "text": "What is said?"}, audio]}])
+    want = model.transcribe([str(short), str(medium)], max_new_tokens=TOKENS)
+    assert want[0] != want[1] and texts == [want[0], want[1], want[0]]
+    ids = model.generate(prompts=[[{"role": "user", "content": f"What is said? {model.audio_tag}"}]],
+                         audios=[str(short)], max_new_tokens=TOKENS)[0]
+    assert answer.choices[0].message.content == model.decode(ids)
