@@ -28,6 +28,7 @@ from .scoring import (  # noqa: F401  (re-exported: the scoring API was first pu
     EvalResult,
     char_counts,
     lowercased_wer,
+    mean_lowercased_wer,
     normalizer,
     require_jiwer,
     score,
@@ -39,6 +40,8 @@ from .terminal import EXIT_BAD_INPUT, EXIT_OK, Bar, SetupError, add_run_args, mo
 
 if TYPE_CHECKING:
     from .training.data import Utterance
+
+AUDIO_WORDS = {"embed": "embedded", "link": "linked"}  # the --html line: how the page holds the audio
 
 
 def evaluate(model, manifest: str | Path | list[Utterance], output: str | Path | None = None,
@@ -73,15 +76,15 @@ def evaluate_rows(model, manifest: str | Path | list[Utterance], batch_size: int
     rows = [{"audio_filepath": str(u.audio_filepath), "duration": u.duration, **row}
             for (u, _), row in zip(kept, scored, strict=True)]
     audio = sum(u.duration for u, _ in kept)
-    mean_lowercased = sum(r["wer_lowercased"] for r in rows) / len(rows) if rows else 0.0
-    result = EvalResult(wer=words.rate, cer=chars.rate, mean_wer_lowercased=mean_lowercased, utterances=len(kept),
-                        reference_words=words.total, audio_seconds=audio, wall_seconds=wall,
+    result = EvalResult(wer=words.rate, cer=chars.rate, mean_wer_lowercased=mean_lowercased_wer(rows),
+                        utterances=len(kept), reference_words=words.total, audio_seconds=audio, wall_seconds=wall,
                         rtfx=audio / max(wall, 1e-9), failed=len(items) - len(kept))
     return result, rows
 
 
 def write_rows(path: str | Path, rows: list[dict]) -> None:
     """The per-utterance JSONL (``--output``): one row a line, UTF-8 as it is."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -138,7 +141,7 @@ def write_html(args: argparse.Namespace, result: EvalResult, rows: list[dict], e
     info = write_report(args.html, result, rows, options, left_out=errors)
     if info.note:
         say(info.note)
-    say(f"audit page {args.html} ({info.size / 1e6:.1f} MB, audio {info.audio}ed, {info.flagged} of "
+    say(f"audit page {args.html} ({info.size / 1e6:.1f} MB, audio {AUDIO_WORDS[info.audio]}, {info.flagged} of "
         f"{result.utterances} utterance(s) flagged)")
 
 
@@ -147,7 +150,8 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("eval", help="WER/CER and RTFx of a model on a JSONL manifest (audio_filepath, text)")
     p.add_argument("manifest", help="JSONL manifest: audio_filepath (relative to the manifest), text, duration")
     p.add_argument("--model", required=True, help="Canary-Qwen checkpoint (hub id or dir) or a WhisperLLM directory")
-    p.add_argument("--output", help="per-utterance JSONL: reference, hypothesis, normalised texts, WER, word diff")
+    p.add_argument("--output", help="per-utterance JSONL: reference, hypothesis, normalised texts, WER (also on the "
+                                    "lower-cased raw texts), word diff")
     p.add_argument("--html", help="write a self-contained audit page: corpus WER/CER and a row per utterance with "
                                   "reference, hypothesis, coloured word diff, audio player and a disagreement flag")
     p.add_argument("--flag-wer", type=float, default=FLAG_WER, metavar="RATE",

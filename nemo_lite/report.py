@@ -18,11 +18,18 @@ shifted or truncated label shows. The page counts the flagged rows at the top, a
 text search) and sorts (by WER) in the browser.
 
 Audio: embedded by default as ``data:`` URIs — each clip decoded to 16 kHz mono (:func:`nemo_lite.audio.load_audio`)
-and encoded as Ogg Vorbis by soundfile (libsndfile; ~6 kB per second of speech, a third of FLAC, and ~10x faster
-to encode than libsndfile's Opus), so the page can be mailed. Chromium and Firefox play Ogg Vorbis; Safari may
-not (``--html-audio link`` there, or another browser). When the corpus would add more than ``embed_limit_mb``
-(:data:`EMBED_LIMIT_MB`, ``--html-max-mb``, estimated from the durations before anything is encoded) the page links
-to the audio files instead (paths relative to the page) and :class:`ReportInfo` carries a one-line note saying so.
+and encoded as Ogg Vorbis by soundfile (libsndfile; ~6 kB per second of speech + 3.5 kB of headers a clip, a third
+of FLAC, and ~10x faster to encode than libsndfile's Opus), so the page can be mailed. Chromium and Firefox play Ogg
+Vorbis; Safari may not (``--html-audio link`` there, or another browser). When the corpus would add more than
+``embed_limit_mb`` (:data:`EMBED_LIMIT_MB`, ``--html-max-mb``; estimated by :func:`embedded_mb` from the durations,
+before anything is encoded) the page links to the audio files instead (paths relative to the page) and
+:class:`ReportInfo` carries a one-line note saying so.
+
+Large pages: a row holds a play button with its clip's URL, and the page's script puts an ``<audio>`` player in its
+place when it is clicked; the table has a fixed layout and its cells ``content-visibility: auto``, so sorting and
+filtering lay out only the rows on screen. 2048 rows (58 min of audio, a 34 MB page) on a 2-core machine at load
+average 6-8: with an ``<audio preload="none">`` per row the page took 20 s to open and ~2.5 s per re-sort; now
+6-10 s to open (mostly parsing the 34 MB) and 0.2-0.7 s per re-sort in headless chromium.
 """
 
 from __future__ import annotations
@@ -41,11 +48,13 @@ from urllib.parse import quote
 from .scoring import EvalResult, word_alignment
 
 FLAG_WER = 0.5  # flag an utterance at this WER or more (module docstring)
-EMBED_LIMIT_MB = 100.0  # the most embedded audio a page gets before it links instead (~4 h of speech)
-VORBIS_BYTES_PER_SECOND = 7_000  # Ogg Vorbis of 16 kHz mono speech, libsndfile's default quality: 5.4-6.3 kB/s
-# measured on the test clips, rounded up so the estimate errs towards linking
+EMBED_LIMIT_MB = 100.0  # the most embedded audio a page gets before it links instead (~3 h of speech)
+# Ogg Vorbis size, libsndfile's default quality, 16 kHz mono; rounded up so that the estimate errs towards linking:
+VORBIS_BYTES_PER_SECOND = 6_500  # speech: 5.0-6.2 kB/s measured (espeak-ng clips, tests/data/speech_long.wav)
+VORBIS_BYTES_PER_CLIP = 3_600  # the setup headers (codebooks) every Ogg Vorbis file carries: 3.5 kB measured
 BASE64_GROWTH = 4 / 3  # 3 bytes -> 4 characters
 TEMPLATE = Path(__file__).parent / "assets" / "report.html"
+LOWERCASED_TIP = "WER of the lower-cased raw texts, the adapter authors' per-utterance figure"
 
 
 @dataclass(frozen=True)
@@ -83,8 +92,9 @@ def flag_reason(row: dict, flag_wer: float = FLAG_WER) -> str:
     return ", ".join(reasons)
 
 
-def percent(rate: float, digits: int = 1) -> str:
-    return f"{100 * rate:.{digits}f} %"
+def percent(rate: float | None, digits: int = 1) -> str:
+    """``0.1234`` -> ``"12.3 %"``; None (no reference words to count against) -> ``"—"``."""
+    return "—" if rate is None else f"{100 * rate:.{digits}f} %"
 
 
 def diff_html(ref: str, hyp: str) -> str:
@@ -124,12 +134,17 @@ def audio_link(path: str | Path, page_dir: Path) -> str:
         return path.as_uri()
 
 
+def embedded_mb(seconds: float, clips: int) -> float:
+    """Estimated MB that ``clips`` clips of ``seconds`` in all add to the page when embedded (base64 included)."""
+    return (clips * VORBIS_BYTES_PER_CLIP + seconds * VORBIS_BYTES_PER_SECOND) * BASE64_GROWTH / 1e6
+
+
 def audio_sources(rows: list[dict], options: ReportOptions, page_dir: Path) -> tuple[list[str], str, str | None]:
     """Each row's audio URL, the mode used and a note when the size guard switched embedding to links."""
     mode, note = options.audio, None
     if mode == "embed":
         seconds = sum(float(r.get("duration") or 0.0) for r in rows)
-        estimate_mb = seconds * VORBIS_BYTES_PER_SECOND * BASE64_GROWTH / 1e6
+        estimate_mb = embedded_mb(seconds, len(rows))
         if estimate_mb > options.embed_limit_mb:
             mode = "link"
             note = (f"the audio ({seconds / 3600:.1f} h) would add about {estimate_mb:.0f} MB to the page, over the "
@@ -147,8 +162,8 @@ def audio_sources(rows: list[dict], options: ReportOptions, page_dir: Path) -> t
     return sources, mode, note
 
 
-def summary_html(result: EvalResult, flagged: int, options: ReportOptions) -> str:
-    """The figures at the top of the page."""
+def summary_html(result: EvalResult, flagged: int, unscored: int, options: ReportOptions) -> str:
+    """The figures at the top of the page; ``unscored``: rows whose raw reference has no words (not in the mean)."""
     e = html.escape
 
     def card(label: str, value: str, detail: str = "", element_id: str = "") -> str:
@@ -160,7 +175,8 @@ def summary_html(result: EvalResult, flagged: int, options: ReportOptions) -> st
         card("Corpus WER", percent(result.wer, 2), f"{result.reference_words} reference words", "corpus-wer"),
         card("Corpus CER", percent(result.cer, 2), "character edits / reference characters", "corpus-cer"),
         card("Mean per-utterance WER", percent(result.mean_wer_lowercased, 2), "lower-cased text, as the "
-             "Qwen2-VL audio adapter reported", "mean-wer"),
+             "Qwen2-VL audio adapter reported" + (f"; {unscored} empty reference(s) left out" if unscored else ""),
+             "mean-wer"),
         card("Utterances", str(result.utterances), f"{result.audio_seconds:.1f} s of audio, RTFx {result.rtfx:.1f}"
              + (f", {result.failed} left out" if result.failed else ""), "utterances"),
         f'<button class="card flagcard" id="show-flagged" type="button"><div class="label">Flagged</div>'
@@ -171,27 +187,28 @@ def summary_html(result: EvalResult, flagged: int, options: ReportOptions) -> st
 
 
 def row_html(n: int, row: dict, source: str, reason: str) -> str:
-    """One utterance's table row; ``data-*`` attributes carry what the page's script sorts and filters by."""
+    """One utterance's table row; ``data-*`` attributes carry what the page's script sorts and filters by (an
+    empty reference sorts as WER 100 %, its hypothesis words being insertions; it shows as "—")."""
     e = html.escape
-    name = Path(row["audio_filepath"]).name
     empty = '<span class="empty">(empty)</span>'
-    diff = diff_html(row["reference_normalized"], row["hypothesis_normalized"]) or empty
-    cls = ' class="flagged"' if reason else ""
-    player = f'<audio controls preload="none" src="{e(source)}"></audio>' if source else ""
-    hyp = e(row["hypothesis"]) if row["hypothesis"] else empty
     ref = e(row["reference"]) if row["reference"] else empty
+    hyp = e(row["hypothesis"]) if row["hypothesis"] else empty
+    diff = diff_html(row["reference_normalized"], row["hypothesis_normalized"]) or empty
+    player = f'<button class="play" type="button" data-src="{e(source)}">▶ play</button>' if source else ""
+    path = str(row["audio_filepath"])
+    wer = percent(row["wer"] if row["reference_words"] else None)
+    lowercased = percent(row["wer_lowercased"], 0)
     flag = f'<span class="flag">⚑ {e(reason)}</span>' if reason else ""
+    cls = ' class="flagged"' if reason else ""
     return (f'<tr data-n="{n}" data-wer="{row["wer"]:.6f}" data-flagged="{int(bool(reason))}"'
             f'{cls}>'
             f'<td class="n">{n}</td>'
-            f'<td class="clip">{player}'
-            f'<div class="file" title="{e(str(row["audio_filepath"]))}">{e(name)} · {float(row["duration"]):.1f} s'
-            f'</div></td>'
+            f'<td class="clip">{player}<div class="file" title="{e(path)}">{e(Path(path).name)} · '
+            f'{float(row["duration"]):.1f} s</div></td>'
             f'<td class="texts"><div class="ref"><span class="tag">REF</span>{ref}</div>'
             f'<div class="hyp"><span class="tag">HYP</span>{hyp}</div>'
             f'<div class="diff"><span class="tag">DIFF</span>{diff}</div></td>'
-            f'<td class="num wer">{percent(row["wer"])}<div class="sub-figure" title="WER on the lower-cased raw '
-            f'text (the adapter authors\' per-utterance figure)">lc {percent(row["wer_lowercased"], 0)}</div></td>'
+            f'<td class="num wer">{wer}<div class="sub-figure" title="{e(LOWERCASED_TIP)}">lc {lowercased}</div></td>'
             f'<td class="num cer">{percent(row["cer"])}</td>'
             f'<td class="flagcell">{flag}</td></tr>')
 
@@ -210,7 +227,7 @@ def render_report(result: EvalResult, rows: list[dict], options: ReportOptions =
         "TITLE": e(options.title),
         "SOURCE": e(options.source),
         "WRITTEN": e(datetime.now().strftime("%Y-%m-%d %H:%M")),
-        "SUMMARY": summary_html(result, flagged, options),
+        "SUMMARY": summary_html(result, flagged, sum(r["wer_lowercased"] is None for r in rows), options),
         "EXPLAIN": e(f"Corpus WER is all word errors over all {result.reference_words} reference words after "
                      "Whisper's English normaliser, so long utterances weigh more. The adapter's authors averaged "
                      "each utterance's WER on text that is only lower-cased: short utterances weigh as much as long "
@@ -229,6 +246,7 @@ def write_report(path: str | Path, result: EvalResult, rows: list[dict], options
                  left_out: Sequence[str] = ()) -> ReportInfo:
     """Write the audit page to ``path`` (audio embedded or linked as ``options`` say, within the size guard)."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     sources, mode, note = audio_sources(rows, options, path.parent)
     page, reasons = render_report(result, rows, options, sources, left_out)
     data = page.encode("utf-8")

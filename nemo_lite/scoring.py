@@ -16,7 +16,8 @@ normalised reference is empty counts its hypothesis words/characters as insertio
 The Qwen2-VL audio adapter's authors reported a different figure: the mean of per-utterance WERs on text that is
 only lower-cased (jiwer splits at spaces, so punctuation stays part of the words). Each row keeps that WER as
 ``wer_lowercased`` and :class:`EvalResult` its mean, so their numbers and ours can be put side by side; the mean
-weighs a two-word utterance like a fifty-word one and counts "world!" against "world" as an error.
+weighs a two-word utterance like a fifty-word one and counts "world!" against "world" as an error. A reference
+without words has no such WER (None) and is left out of that mean.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ class Counts:
 class EvalResult:
     wer: float  # corpus word error rate (0.1 = 10 %)
     cer: float  # corpus character error rate
-    mean_wer_lowercased: float  # the adapter authors' figure: mean per-utterance WER on lower-cased raw text
+    mean_wer_lowercased: float | None  # the adapter authors' figure: mean per-utterance WER on lower-cased
+    # raw text (:func:`mean_lowercased_wer`); None when no reference has words
     utterances: int  # scored utterances
     reference_words: int  # normalised reference words in total
     audio_seconds: float  # audio transcribed
@@ -117,10 +119,20 @@ def word_diff(ref: str, hyp: str) -> str:
     return " ".join(marks[op].format(a=a, b=b) for op, a, b in word_alignment(ref, hyp))
 
 
-def lowercased_wer(ref: str, hyp: str) -> float:
-    """One utterance's WER as the adapter's authors computed it: jiwer on the raw texts lower-cased (no other
-    normalisation; an empty reference gives the number of hypothesis words, as jiwer does)."""
+def lowercased_wer(ref: str, hyp: str) -> float | None:
+    """One utterance's WER as the adapter's authors computed it: jiwer on the raw texts lower-cased, no other
+    normalisation. None for a reference without words: jiwer before 4.0 refused one, and jiwer 4 counts its
+    hypothesis words over a denominator of 1 (400 % for four words), which would swamp the mean."""
+    if not ref.split():
+        return None
     return float(require_jiwer().wer(ref.lower(), hyp.lower()))
+
+
+def mean_lowercased_wer(rows: list[dict]) -> float | None:
+    """The authors' reported figure: the mean of the rows' ``wer_lowercased`` (rows without one left out); None
+    when no row has one."""
+    rates = [r["wer_lowercased"] for r in rows if r["wer_lowercased"] is not None]
+    return sum(rates) / len(rates) if rates else None
 
 
 def score(references: list[str], hypotheses: list[str], normalize=None) -> tuple[Counts, Counts, list[dict]]:
