@@ -200,7 +200,7 @@ def wav_manifest(tmp_path_factory) -> Path:
 
 def test_whisper_llm_transcribe_and_eval_from_the_command_line(whisper_llm_dir, wav_manifest):
     """`nemo-lite transcribe` and `nemo-lite eval` take a WhisperLLM checkpoint (the design is detected), and give
-    the Python API's texts."""
+    the Python API's texts; `eval --html` writes its audit page from the same rows."""
     from nemo_lite import WhisperLLM
 
     model = WhisperLLM.from_pretrained(whisper_llm_dir)
@@ -211,12 +211,13 @@ def test_whisper_llm_transcribe_and_eval_from_the_command_line(whisper_llm_dir, 
     assert res.returncode == 0, res.stderr
     got = [json.loads(line)["text"] for line in res.stdout.splitlines()]
     assert got == want
-    preds = wav_manifest.parent / "preds.jsonl"
+    preds, page = wav_manifest.parent / "preds.jsonl", wav_manifest.parent / "report.html"
     res = _cli("eval", str(wav_manifest), "--model", str(whisper_llm_dir), "--device", "cpu", "--threads", "1",
-               "--max-new-tokens", "4", "--output", str(preds))
+               "--max-new-tokens", "4", "--output", str(preds), "--html", str(page))
     assert res.returncode == 0, res.stderr
     rows = [json.loads(line) for line in preds.read_text().splitlines()]
     assert [r["hypothesis"] for r in rows] == want and "WER" in res.stderr
+    assert page.read_text(encoding="utf-8").count("<tr data-n=") == len(rows) and "audit page" in res.stderr
 
 
 def _stage1_config(tmp: Path, wav_manifest: Path) -> Path:
