@@ -272,3 +272,24 @@ def test_merge_export_reloads_with_the_same_ids(adapter, tmp_path, clips):
     assert "model.layers.0.self_attn.q_proj.weight" in keys and not any("lora" in k for k in keys)
     back = nemo_lite.from_pretrained(pub)
     assert back.generate(prompts=[BOTH], audios=[clips["speech_short"]], images=[image(2)], max_new_tokens=5) == ids
+
+
+def test_qlora_stage2_on_cpu(adapter, manifest, tmp_path):
+    """QLoRA's real path where this machine can run it (bitsandbytes 0.50 has CPU NF4 kernels): the decoder layers'
+    linears held in NF4 while LoRA and the projector train; the saved model keeps only trainable tensors changed
+    and loads back in full precision. (The GPU run is test_qlora_stage2_on_gpu.)"""
+    bnb = pytest.importorskip("bitsandbytes")
+    from nemo_lite.training.loop import train
+    from nemo_lite.training.qlora import nf4_problem
+
+    if nf4_problem(torch.device("cpu")):
+        pytest.skip(f"bitsandbytes {bnb.__version__} has no CPU NF4")
+    published = {k: v.clone() for k, v in wa.WhisperLLM.from_pretrained(adapter).state_dict().items()}
+    result = train(_cfg(manifest, tmp_path / "q", adapter, stage=2, quantize_base="nf4", device="cpu", threads=1))
+    assert result.steps == 2 and all(np.isfinite(result.losses))
+    trained = wa.WhisperLLM.from_pretrained(result.model_dir)
+    ours = {k.replace(".base_layer.", ".").replace("base_model.model.", ""): v for k, v in trained.state_dict().items()}
+    lora = {k for k in ours if "lora_" in k}
+    assert lora and any(not torch.equal(ours[k], torch.zeros_like(ours[k])) for k in lora if "lora_B" in k)
+    changed = {k for k, v in ours.items() if "lora_" not in k and not torch.equal(v, published[k])}
+    assert changed == {"projector.weight"}  # the NF4 base is not written back rounded: the saved base is the original

@@ -114,6 +114,22 @@ def configure_trainable(model: SpeechLM, cfg: TrainConfig) -> dict[str, nn.Param
     return trainable
 
 
+def unquantized(cfg: TrainConfig, trained: dict[str, nn.Parameter]) -> SpeechLM:
+    """QLoRA's model to save: the base built again in full precision from the config's checkpoint, on the CPU,
+    with the trained tensors copied in. The NF4 layers hold a rounded copy of the base in bitsandbytes' packed bytes;
+    written out, they took the place of the checkpoint's weights (shape (4096, 1) for a (64, 128) matrix) and the
+    trained model could not be loaded."""
+    fresh = build_model(cfg, torch.device("cpu"))
+    target = configure_trainable(fresh, cfg)
+    if set(target) != set(trained):
+        raise RuntimeError(f"the rebuilt model's trainable tensors differ from the trained ones: "
+                           f"{sorted(set(target) ^ set(trained))[:4]}")
+    with torch.no_grad():
+        for name, p in target.items():
+            p.copy_(trained[name].detach().to("cpu", p.dtype))
+    return fresh.eval()
+
+
 def set_train_mode(model: SpeechLM, cfg: TrainConfig) -> None:
     """Train mode for the LLM and projector; a frozen encoder stays in eval mode (no dropout, BatchNorm fixed)."""
     model.train()
@@ -254,7 +270,10 @@ def train(cfg: TrainConfig, model: SpeechLM | None = None) -> TrainResult:
     model.eval()
     out = Path(cfg.output_dir) / FINAL_MODEL_DIR
     export_dtype = resolve_dtype(cfg.export_dtype)
-    model_dir = save_final(model, cfg.architecture, out, cfg.model, export_dtype) if env.main else None
+    model_dir = None
+    if env.main:
+        final = unquantized(cfg, trainable) if cfg.quantize_base else model
+        model_dir = save_final(final, cfg.architecture, out, cfg.model, export_dtype)
     if env.world_size > 1:
         dist.barrier()
     return TrainResult(losses, state.step, wall, trainable_digest(trainable), model_dir)
