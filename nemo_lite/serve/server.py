@@ -19,6 +19,11 @@ from .app import ServeConfig, create_app
 from .engine import Engine
 
 API_KEY_ENV = "NEMO_LITE_API_KEY"
+# The model worker gives up the GIL in every torch op and waits to take it back while the HTTP threads run Python;
+# CPython hands it over only every switch interval (5 ms by default). Measured with a thread running Python 5 % of
+# the time beside two 8-row batches of the tiny model (load 6, best of 3): batches 11 % slower at 5 ms, 1.5 % at 0.5 ms
+# (20 % of the time: 27 % and 21 %).
+SWITCH_INTERVAL = 0.0005  # seconds
 
 
 def config_from_args(args: argparse.Namespace) -> ServeConfig:
@@ -64,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
         failed.set()
         server.should_exit = True
 
+    sys.setswitchinterval(SWITCH_INTERVAL)  # this process is the server's: the model worker and the HTTP side
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(name)s: %(message)s")
     app = create_app(load, config, on_fatal=fatal)
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="info",
