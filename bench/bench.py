@@ -42,18 +42,34 @@ DEFAULT_AUDIO = sorted((ROOT / "tests" / "data").glob("speech_*.wav"))
 SAMPLE_RATE = 16000
 GB = 1e9  # RSS is reported in decimal GB, as the issue's targets are written
 
-# name -> CanaryQwen.from_pretrained keyword arguments. int8 with bf16 is refused by the package (its dynamic
-# int8 kernels take fp32 activations) and int8 with merged LoRA too (int8 weights cannot be unmerged).
-MODES = {
-    "exact": {},
-    "bf16": {"dtype": "bf16"},
-    "int8": {"quantize": "int8"},
-    "int8-all": {"quantize": "int8-all"},
-    "int8+bf16enc": {"quantize": "int8", "encoder_dtype": "bf16"},
-    "merged": {"merge_lora": True},
-    "bf16+merged": {"dtype": "bf16", "merge_lora": True},
-    "bf16+merged+compile": {"dtype": "bf16", "merge_lora": True, "compile": True},  # CUDA only
-}
+
+
+def package_modes() -> dict[str, dict]:
+    """name -> CanaryQwen.from_pretrained keyword arguments: exact, bf16, every quantization the package offers
+    (``nemo_lite.options.QUANT_MODES``: a mode added there is benchmarked without a change here), and the
+    combinations below. int8 with bf16 is refused by the package (its dynamic int8 kernels take fp32 activations)
+    and int8 with merged LoRA too (int8 weights cannot be unmerged)."""
+    from nemo_lite.options import QUANT_MODES
+
+    return {"exact": {}, "bf16": {"dtype": "bf16"}, **{q: {"quantize": q} for q in QUANT_MODES if q},
+            "int8+bf16enc": {"quantize": "int8", "encoder_dtype": "bf16"},
+            "merged": {"merge_lora": True},
+            "bf16+merged": {"dtype": "bf16", "merge_lora": True},
+            "bf16+merged+compile": {"dtype": "bf16", "merge_lora": True, "compile": True}}  # CUDA only
+
+
+MODES = package_modes()
+
+
+def preset_names(mode: str) -> list[str]:
+    """The package's presets (``nemo_lite.options.PRESETS``) that are this mode on the CPU."""
+    from nemo_lite.options import PRESETS, load_options
+
+    try:
+        opts = load_options(**MODES[mode])
+    except ValueError:
+        return []
+    return [name for name, preset in PRESETS.items() if preset == opts]
 SMOKE_TEXTS = {  # what tests/data's espeak-ng clips say (scripts/make_parity_fixtures.py)
     "speech_short": "Hello world.",
     "speech_medium": "The quick brown fox jumps over the lazy dog near the river bank.",
@@ -417,7 +433,9 @@ def quality_table(runs: list[dict], refs: list[str]) -> list[str]:
     for r in runs:
         fid = r.get("fidelity", {})
         same = None if exact is None else sum(a == b for a, b in zip(r["texts"], exact["texts"], strict=True))
-        lines.append(f"| {r['mode']} | {wer(refs, r['texts']):.3f} | {fmt(fid.get('top1'), '.3f')} | "
+        presets = preset_names(r["mode"]) if r["mode"] in MODES else []
+        name = r["mode"] + (f" (preset {', '.join(presets)})" if presets else "")
+        lines.append(f"| {name} | {wer(refs, r['texts']):.3f} | {fmt(fid.get('top1'), '.3f')} | "
                      f"{fmt(fid.get('kl_mean'), '.2e')} | {'–' if same is None else f'{same}/{len(refs)}'} |")
     return lines
 

@@ -72,14 +72,16 @@ CANARY_QWEN_2_5B = {  # the inference-relevant part of nvidia/canary-qwen-2.5b c
 
 
 def tiny_salm_config(llm_dir: str | Path, **encoder_overrides) -> dict:
-    """A 2-layer, width-64 SALM config (real mel front end and tokenizer) pointing at ``llm_dir``."""
+    """A 2-layer, width-64 SALM config (real mel front end and tokenizer) pointing at ``llm_dir``;
+    ``encoder_overrides`` (e.g. ``n_layers``, ``d_model``) replace FastConformer fields, the adapter width follows."""
     cfg = copy.deepcopy(CANARY_QWEN_2_5B)
     cfg["pretrained_llm"] = str(llm_dir)
     cfg["lora"].update(r=8, lora_alpha=16)
     per = cfg["perception"]
     per["output_dim"] = TINY_QWEN3["hidden_size"]
-    per["modality_adapter"]["d_model"] = 64
-    per["encoder"].update(n_layers=2, d_model=64, n_heads=4, subsampling_conv_channels=16, **encoder_overrides)
+    per["encoder"].update({"n_layers": 2, "d_model": 64, "n_heads": 4, "subsampling_conv_channels": 16,
+                           **encoder_overrides})
+    per["modality_adapter"]["d_model"] = per["encoder"]["d_model"]
     return cfg
 
 

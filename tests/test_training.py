@@ -289,6 +289,39 @@ def test_train_synthetic_prepare_only_writes_the_documented_recipe(manifest, tmp
     assert stage2.model_dir == Path(cfg2.output_dir) / "model" and (stage2.model_dir / wa.CONFIG_FILE).is_file()
 
 
+def test_train_synthetic_canary_qwen_recipe(manifest, tmp_path):
+    """``scripts/train_synthetic.py --architecture canary_qwen --prepare-only``: a hub-layout tiny Canary-Qwen
+    (wider FastConformer via ``tiny_salm_config``'s overrides, learnable LLM scalings, zero ``lora_B``) that
+    ``from_pretrained`` loads, and two configs that train the encoder; one step of each stage gives a model that
+    loads again."""
+    from safetensors.torch import load_file
+
+    import nemo_lite
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "train_synthetic.py"
+    work, manifest = tmp_path.resolve() / "tiny", manifest.resolve()
+    res = subprocess.run([sys.executable, str(script), "--architecture", "canary_qwen", "--prepare-only",
+                          "--manifest", str(manifest), "--work", str(work)], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr
+    cfg1, cfg2 = load_train_config(work / "stage1.json"), load_train_config(work / "stage2.json")
+    assert (cfg1.architecture, cfg1.train_encoder, cfg2.train_encoder) == ("canary_qwen", True, True)
+    assert cfg2.export_dtype == "bfloat16" and cfg2.model == str(work / "stage1" / "model")
+    salm = json.loads((Path(cfg1.model) / "config.json").read_text())
+    encoder = salm["perception"]["encoder"]
+    assert (encoder["n_layers"], encoder["d_model"], salm["perception"]["modality_adapter"]["d_model"]) == (4, 128, 128)
+    state = load_file(str(Path(cfg1.model) / "model.safetensors"))
+    assert all(not t.any() for k, t in state.items() if ".lora_B." in k)
+    embed = next(t for k, t in state.items() if k.endswith("embed_tokens.weight"))
+    assert abs(embed.float().std().item() - 0.25) < 0.01
+    assert isinstance(nemo_lite.from_pretrained(cfg1.model), nemo_lite.CanaryQwen)
+    short = {"max_steps": 1, "warmup_steps": 0, "batch_size": 2, "progress": False}
+    train(TrainConfig.from_dict({**asdict(cfg1), **short}))
+    stage2 = train(TrainConfig.from_dict({**asdict(cfg2), **short}))
+    model = nemo_lite.from_pretrained(stage2.model_dir)
+    assert isinstance(model, nemo_lite.CanaryQwen) and model.cfg.encoder.d_model == 128
+
+
 # ---------------------------------------------------------------------- data parallel
 RANK_SCRIPT = """
 import json, os, sys
