@@ -1,6 +1,7 @@
 """The ``nemo-lite`` command: ``transcribe`` files, folders and NeMo manifests; ``chat`` with the LLM (adapter off);
 ``train`` from a config (:mod:`nemo_lite.training`); ``eval`` (:mod:`nemo_lite.evaluate`); ``serve`` an
-OpenAI-compatible HTTP API (:mod:`nemo_lite.serve`, the ``[serve]`` extra).
+OpenAI-compatible HTTP API (:mod:`nemo_lite.serve`, the ``[serve]`` extra); ``quantize`` a checkpoint once into a
+directory that loads in about a second (:mod:`nemo_lite.prequant`).
 
 ``nemo-lite transcribe`` takes audio files, directories (scanned recursively for :data:`AUDIO_EXTENSIONS`) and
 NeMo-style manifests (``.json``/``.jsonl``, one JSON object a line with ``audio_filepath``; relative paths resolve
@@ -403,6 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="what this machine offers: CPU instruction set, torch, accelerators")
     i.set_defaults(func=cmd_info)
     from .evaluate import add_eval_parser
+    from .prequant import add_quantize_parser
     from .training.command import add_train_parser
     from .training.publish import add_export_parser
 
@@ -410,6 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_parser(sub)  # nemo-lite export MODEL OUT --merge-lora (the Qwen2-VL adapter's published layout)
     add_eval_parser(sub)  # nemo-lite eval MANIFEST --model M (WER/CER after Whisper normalisation, RTFx)
     add_serve_parser(sub)  # nemo-lite serve --model M (FastAPI/uvicorn, imported only when it runs)
+    add_quantize_parser(sub)  # nemo-lite quantize MODEL --mode int8|int4 --out DIR (a checkpoint that loads in ~1 s)
     return parser
 
 
