@@ -261,7 +261,8 @@ def load_quantized(cls: type, path: Path, opts: LoadOptions, llm_path: str | os.
     model_config = {**cfg.model_config, "pretrained_llm": str(path / LLM_DIR), "tokenizer_path": str(path / LLM_DIR)}
     salm = SALMConfig.from_nemo(model_config)
     llm_config, tokenizer = load_llm_config_and_tokenizer(salm.pretrained_llm, salm.tokenizer_path,
-                                                          llm_path or path / LLM_DIR, salm.audio_locator_tag)
+                                                          llm_path or path / LLM_DIR, salm.audio_locator_tag,
+                                                          from_tokenizer_json=True)
     model = cls(salm, llm_config, tokenizer, opts)
     build_structure(model, cfg)
     expected = model.state_dict(keep_vars=True)

@@ -210,3 +210,19 @@ def test_int8_at_load_holds_the_embedding_narrow(tiny_ckpt, tiny_model):
     ids = torch.tensor([[0, 5, 151643, 151669]])
     want = base_causal_lm(tiny_model.llm).get_input_embeddings()(ids)
     assert torch.equal(table(ids), want) and table(ids).dtype == torch.float32
+
+
+def test_directory_tokenizer_matches_the_llms_own(int8_dir, tiny_model):
+    """The directory's tokenizer is built straight from tokenizer.json (faster than Qwen2Tokenizer's Python
+    rebuild of its vocabulary): the same ids, special ids, text and chat prompt as the LLM's own class."""
+    got, want = from_pretrained(int8_dir), tiny_model
+    assert (got.audio_tag_id, got.eos_id, got.pad_id) == (want.audio_tag_id, want.eos_id, want.pad_id)
+    texts = ["hello , world ! it 's a test .", " a  b   c ", "ü é ñ 日本語 🙂", "<|im_start|>x<|im_end|>",
+             f"{got.audio_tag} after the tag", "don't stop-me now!!\n\n"]
+    for text in texts:
+        ids = want.tokenizer.encode(text)
+        assert got.tokenizer.encode(text) == ids
+        for skip in (True, False):
+            assert got.tokenizer.decode(ids, skip_special_tokens=skip) == want.tokenizer.decode(
+                ids, skip_special_tokens=skip)
+    assert torch.equal(got.prompt_ids(got.asr_prompt()), want.prompt_ids(want.asr_prompt()))
