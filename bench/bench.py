@@ -482,7 +482,8 @@ def speed_table(runs: list[dict], batches: list[int]) -> list[str]:
 
 def load_table(runs: list[dict], batches: list[int], clip_s: float | None) -> list[str]:
     """Issue 16's view: load, memory, encoder, decode and fidelity per mode, quantized at load vs pre-quantized."""
-    head = ["mode", "import transformers+peft (s)", "load (s), each round", "peak RSS after load / end (GB)", "weights on disk (GB)",
+    head = ["mode", "import transformers+peft (s)", "load (s), each round", "peak RSS after load / end (GB)",
+            "weights on disk (GB)",
             f"encoder {clip_s or 0:.0f} s clip (s)", "decode b1 (tok/s)", *[f"decode b{n} (tok/s)" for n in batches],
             "KL vs exact", "top-1 vs exact", "load avg"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -490,7 +491,8 @@ def load_table(runs: list[dict], batches: list[int], clip_s: float | None) -> li
         d, fid = r["derived"], r.get("fidelity") or {}
         loads = " / ".join(f"{x['load_s']:.1f}" for x in r.get("rounds", [r]))
         disk = f"{r['quant_dir_gb']:.2f}" if "quant_dir_gb" in r else "–"
-        cells = [r["mode"], fmt(r.get("import_deps_s")), f"{r['load_s']:.1f} ({loads})", f"{d['load_rss_gb']:.2f} / {d['peak_rss_gb']:.2f}", disk,
+        cells = [r["mode"], fmt(r.get("import_deps_s")), f"{r['load_s']:.1f} ({loads})",
+                 f"{d['load_rss_gb']:.2f} / {d['peak_rss_gb']:.2f}", disk,
                  f"{r['perception']['wall_s']:.2f}", f"{d['decode_b1_tok_s']:.2f}",
                  *[f"{d[f'decode_b{n}_tok_s']:.1f}" for n in batches], fmt(fid.get("kl_mean"), ".2e"),
                  fmt(fid.get("top1"), ".3f"), f"{r['load_avg_start']:.1f}→{r['load_avg_end']:.1f}"]
