@@ -93,7 +93,9 @@ class CanaryQwen(SpeechLM):
         options: LoadOptions | str | None = None,
         **overrides: Any,
     ) -> CanaryQwen:
-        """Load a checkpoint in the hub layout (``config.json`` + ``model.safetensors``), from a dir or the hub.
+        """Load a checkpoint in the hub layout (``config.json`` + ``model.safetensors``), from a dir or the hub, or
+        a pre-quantized directory written by ``nemo-lite quantize`` (memory-mapped, nothing to do at load; it fixes
+        the quantization: :mod:`nemo_lite.prequant`).
 
         ``options``: a :class:`~nemo_lite.options.LoadOptions` or a preset name (``"exact"``, the default on
         CPU; ``"fast-cpu"``; ``"gpu"``); ``device``, ``dtype`` and any other LoadOptions field given as a keyword

@@ -1,7 +1,7 @@
 """The ``nemo-lite`` command: ``transcribe`` files, folders and NeMo manifests; ``chat`` with the LLM (adapter off);
 ``train`` from a config (:mod:`nemo_lite.training`); ``eval`` (:mod:`nemo_lite.evaluate`); ``serve`` an
 OpenAI-compatible HTTP API (:mod:`nemo_lite.serve`, the ``[serve]`` extra); ``quantize`` a checkpoint once into a
-directory that loads in about a second (:mod:`nemo_lite.prequant`).
+directory that loads in about a second (:mod:`nemo_lite.quantize`).
 
 ``nemo-lite transcribe`` takes audio files, directories (scanned recursively for :data:`AUDIO_EXTENSIONS`) and
 NeMo-style manifests (``.json``/``.jsonl``, one JSON object a line with ``audio_filepath``; relative paths resolve
@@ -404,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="what this machine offers: CPU instruction set, torch, accelerators")
     i.set_defaults(func=cmd_info)
     from .evaluate import add_eval_parser
-    from .prequant import add_quantize_parser
+    from .quantize import add_quantize_parser
     from .training.command import add_train_parser
     from .training.publish import add_export_parser
 

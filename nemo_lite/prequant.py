@@ -1,5 +1,5 @@
-"""Pre-quantized checkpoints: ``nemo-lite quantize MODEL --mode int8|int4 --out DIR`` writes one once, and
-``from_pretrained(DIR)`` memory-maps it with no quantization work at load.
+"""Pre-quantized checkpoints, the format: written by ``nemo-lite quantize MODEL --mode int8|int4 --out DIR``
+(:mod:`nemo_lite.quantize`) once, memory-mapped by ``from_pretrained(DIR)`` with no quantization work at load.
 
 Quantizing at load (``quantize="int8"``) reads 1.7 B bf16 weights and rounds each of them at every start (20-60 s
 on a 2-core CPU); the C++ ports memory-map a file that is already quantized. A directory written here holds:
@@ -35,7 +35,6 @@ once on its first use (:meth:`~nemo_lite.quant.Int4Linear.pack`). ``--portable``
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -44,7 +43,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # torch only for annotations: `nemo-lite --help` builds this module's parser without it
+if TYPE_CHECKING:  # torch only for annotations: importing this module (canary_qwen does) stays cheap
     from torch import nn
 
     from .options import LoadOptions
@@ -74,7 +73,7 @@ class QuantizedConfig:
     narrow: list[str] = field(default_factory=list)  # modules held as NarrowLinear / NarrowConv1d
     tied: dict[str, str] = field(default_factory=dict)  # tensor not stored -> the stored tensor it is
     int4_layout: list | None = None  # kernel layout of the stored int4 codes ([style, block]); None: portable
-    written_by: dict = field(default_factory=dict)  # nemo_lite / torch versions and the CPU, for the record
+    written_by: dict = field(default_factory=dict)  # torch version and the CPU, for the record
     model: str = "canary_qwen"  # the design (only Canary-Qwen so far)
     format: int = FORMAT_VERSION
 
@@ -124,33 +123,6 @@ def file_sha256(path: Path) -> str:
 
 
 # ---------------------------------------------------------------------- writing
-def quantize_checkpoint(model_path: str | os.PathLike, out: str | os.PathLike, mode: str,
-                        llm_path: str | os.PathLike | None = None, embedding: str = "narrow",
-                        encoder: str = "narrow", portable: bool = False, max_shard_bytes: int = SHARD_BYTES) -> Path:
-    """Load a Canary-Qwen checkpoint (hub layout) quantized to ``mode``, and write it as a pre-quantized directory
-    ``out`` (module docstring); returns ``out``. ``embedding`` / ``encoder``: how those are held (:data:`HOLDINGS`);
-    ``portable``: int4 codes in the portable form instead of this CPU's kernel layout. ``out`` must be new, empty
-    or an earlier pre-quantized directory (replaced)."""
-    from .canary_qwen import CanaryQwen
-    from .weights import WEIGHTS_FILE, llm_dirs, read_config, resolve_checkpoint
-
-    if mode not in ("int8", "int4") or embedding not in HOLDINGS or encoder not in HOLDINGS:
-        raise ValueError(f"mode must be int8|int4, embedding and encoder {'|'.join(HOLDINGS)}; got {mode!r}, "
-                         f"{embedding!r}, {encoder!r}")
-    out = Path(out).expanduser()
-    _check_out(out)
-    src = resolve_checkpoint(model_path)
-    source = {"path": str(src.resolve()), "bytes": (src / WEIGHTS_FILE).stat().st_size,
-              "sha256": file_sha256(src / WEIGHTS_FILE)}
-    model = CanaryQwen.from_pretrained(src, llm_path=llm_path, quantize=mode, compact_encoder=True)
-    hold(model, embedding, encoder)
-    out.mkdir(parents=True, exist_ok=True)
-    config_dir, tokenizer_dir = llm_dirs(model.cfg.pretrained_llm, model.cfg.tokenizer_path, llm_path)
-    _copy_llm_files(config_dir, tokenizer_dir, out / LLM_DIR)
-    save_quantized(model, out, read_config(src), source, portable, max_shard_bytes)
-    return out
-
-
 def hold(model: SpeechLM, embedding: str, encoder: str) -> None:
     """Turn a model loaded with ``quantize=`` (LLM quantized, embedding and encoder narrow) into the holdings asked
     for: ``embedding="int8"``: int8 rows (the int8 head's own tensors when the head is int8); ``encoder="int8"``:
@@ -180,17 +152,16 @@ def save_quantized(model: SpeechLM, out: Path, model_config: dict, source: dict,
     """Write ``model`` (quantized, in memory) as the weights + config of a pre-quantized directory ``out``."""
     import torch
 
-    from . import __version__
     from .cpu import describe
     from .memory import NarrowConv1d, NarrowEmbedding, NarrowLinear
-    from .quant import Int4Linear, Int8Embedding, Int8Linear, _int4_layout
+    from .quant import Int4Linear, Int8Embedding, Int8Linear, int4_kernel_layout
     from .weights import write_sharded
 
     cfg = QuantizedConfig(mode=model.options.quantize if model.options.quantize == "int4" else "int8",
                           model_config=model_config, source=source,
-                          written_by={"nemo_lite": __version__, "torch": torch.__version__, "cpu": describe()})
+                          written_by={"torch": torch.__version__, "cpu": describe()})
     state = model.state_dict()
-    layout = None if portable else _int4_layout()
+    layout = None if portable else int4_kernel_layout()
     names = {id(m): n for n, m in model.named_modules()}
     for name, m in model.named_modules():
         if isinstance(m, Int8Linear):
@@ -220,7 +191,7 @@ def save_quantized(model: SpeechLM, out: Path, model_config: dict, source: dict,
     return cfg
 
 
-def _check_out(out: Path) -> None:
+def check_out_dir(out: Path) -> None:
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not is_quantized_dir(out))):
         raise FileExistsError(f"{out} exists and is not an empty directory or an earlier pre-quantized checkpoint; "
                               "choose a new --out")
@@ -229,7 +200,7 @@ def _check_out(out: Path) -> None:
             old.unlink()
 
 
-def _copy_llm_files(config_dir: Path, tokenizer_dir: Path, dst: Path) -> None:
+def copy_llm_files(config_dir: Path, tokenizer_dir: Path, dst: Path) -> None:
     """The LLM's config.json and tokenizer files, byte for byte (the audio tag is added at load, as from the hub)."""
     from .weights import CONFIG_FILE, TOKENIZER_FILES
 
@@ -313,50 +284,3 @@ def build_structure(model: nn.Module, cfg: QuantizedConfig) -> None:
         old = lm.get_input_embeddings()
         lm.set_input_embeddings(Int8Embedding.sharing(head) if cfg.tied else
                                 Int8Embedding(old.num_embeddings, old.embedding_dim, device="meta"))
-
-
-# ---------------------------------------------------------------------- command line
-def add_quantize_parser(subparsers) -> argparse.ArgumentParser:
-    """``nemo-lite quantize MODEL --mode int8|int4 --out DIR``."""
-    p = subparsers.add_parser("quantize", help="write a pre-quantized checkpoint that loads in about a second")
-    p.add_argument("model", help="hub repo id or local checkpoint directory (config.json + model.safetensors)")
-    p.add_argument("--mode", required=True, choices=["int8", "int4"], help="the LLM's linear layers and head")
-    p.add_argument("--out", required=True, help="output directory (new, empty, or an earlier one to replace)")
-    p.add_argument("--llm-path", help="local directory with the LLM config + tokenizer (e.g. Qwen3-1.7B), when the "
-                   "checkpoint's pretrained_llm cannot be fetched; copied into the output")
-    p.add_argument("--embedding", choices=HOLDINGS, default="narrow",
-                   help="input embedding: narrow = the file's bf16, identical results (default); int8 = int8 rows "
-                        "(with --mode int8 the head's own tensors: 0.6 GB less)")
-    p.add_argument("--encoder", choices=HOLDINGS, default="narrow",
-                   help="FastConformer: narrow = bf16 layers computed in fp32, identical results (default); int8 = "
-                        "int8 linear layers (0.6 GB less)")
-    p.add_argument("--portable", action="store_true",
-                   help="int4: store the portable code layout, not this CPU's kernel layout (any CPU converts "
-                        "once at first use either way)")
-    p.add_argument("--max-shard-gb", type=float, default=SHARD_BYTES / 2**30, help="largest shard file, GiB")
-    from .terminal import add_run_args
-
-    add_run_args(p)
-    p.set_defaults(func=cmd_quantize)
-    return p
-
-
-def cmd_quantize(args: argparse.Namespace) -> int:
-    import time
-
-    from .config import ConfigError
-    from .terminal import EXIT_OK, SetupError, apply_threads, say
-    from .weights import CheckpointError
-
-    apply_threads(args)
-    t0 = time.perf_counter()
-    try:
-        out = quantize_checkpoint(args.model, args.out, args.mode, args.llm_path, args.embedding, args.encoder,
-                                  args.portable, int(args.max_shard_gb * 2**30))
-    except (CheckpointError, ConfigError, FileExistsError, OSError, ValueError) as err:
-        raise SetupError(f"cannot quantize {args.model!r}: {err}") from err
-    size = sum(f.stat().st_size for f in out.glob("model*.safetensors"))
-    say(f"wrote {out} ({args.mode}, {size / 1e9:.2f} GB) in {time.perf_counter() - t0:.0f} s; load it with "
-        f"--model {out}")
-    return EXIT_OK
-

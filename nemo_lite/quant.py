@@ -18,7 +18,11 @@ quantized model is saved to safetensors and loaded back on the meta device with 
   16/32 elsewhere): checkpoints hold the portable form and :meth:`Int4Linear.pack` rearranges it in place with a
   few tensor ops (the layout is found once by comparing against ``_convert_weight_to_int4pack_for_cpu`` on a
   small probe; torch's own packer is a strided scalar loop, 4-9x slower). ``state_dict`` always writes the
-  portable form.
+  portable form; a pre-quantized directory (:mod:`nemo_lite.prequant`) may hold the kernel layout instead, recorded
+  in its config, and :meth:`Int4Linear.hold_layout` / :meth:`Int4Linear.pack` convert only on a CPU that wants
+  another.
+- :class:`Int8Embedding`: an embedding table as int8 rows + a bf16 scale per row (exactly :class:`Int8Linear`'s
+  buffers, so an int8 tied head and the embedding can be one tensor); a lookup widens only the rows it reads.
 
 Compute dtype: the CPU kernels run in bf16 (their fp32 variants are scalar loops, 10-40x slower): activations
 are rounded to bf16, weights widened to fp32 in registers, products accumulated in fp32, the output rounded to bf16
@@ -233,7 +237,7 @@ def _from_kernel(packed: torch.Tensor, style: str, block: int) -> torch.Tensor:
 
 
 @lru_cache(maxsize=1)
-def _int4_layout() -> tuple[str, int] | None:
+def int4_kernel_layout() -> tuple[str, int] | None:
     """The kernel layout on this machine, found by packing a probe both ways; None: use torch's packer."""
     if not _has_op("_convert_weight_to_int4pack_for_cpu"):
         return None
@@ -300,7 +304,7 @@ class Int4Linear(nn.Module):
         with _PACK_LOCK:
             if self._kernel_weight is not None or self.weight.device.type != "cpu":
                 return
-            layout = _int4_layout()
+            layout = int4_kernel_layout()
             if layout is not None and self._layout == layout:
                 return
             if layout is not None:

@@ -15,7 +15,8 @@ from safetensors.torch import load_file, save_file
 from nemo_lite import CanaryQwen, CheckpointError, cli, from_pretrained, quant
 from nemo_lite.llm import base_causal_lm
 from nemo_lite.memory import NarrowEmbedding
-from nemo_lite.prequant import QUANT_CONFIG, QuantizedConfig, hold, quantize_checkpoint
+from nemo_lite.prequant import QUANT_CONFIG, QuantizedConfig, hold
+from nemo_lite.quantize import quantize_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 AUDIO = [np.random.default_rng(5).standard_normal(20000).astype(np.float32) * 0.1]
@@ -163,7 +164,7 @@ def test_int4_from_another_cpu_layout(tiny_ckpt, tmp_path):
     portable = quantize_checkpoint(tiny_ckpt, tmp_path / "p", "int4", portable=True)
     assert QuantizedConfig.read(portable).int4_layout is None
     want = _outputs(from_pretrained(portable))[0]
-    here = quant._int4_layout()
+    here = quant.int4_kernel_layout()
     other = next(lay for lay in (("halves", 64), ("halves", 32)) if lay != here)
     foreign = _copy(portable, tmp_path / "f")
     cfg = QuantizedConfig.read(foreign)
