@@ -110,7 +110,7 @@ class QuantizedConfig:
 
 
 def is_quantized_dir(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a directory written by :func:`quantize_checkpoint`."""
+    """Whether ``path`` is a directory written by :func:`nemo_lite.quantize.quantize_checkpoint`."""
     return (Path(path).expanduser() / QUANT_CONFIG).is_file()
 
 
@@ -186,18 +186,20 @@ def save_quantized(model: SpeechLM, out: Path, model_config: dict, source: dict,
                     del state[f"{name}.{leaf}"]
     cfg.int4_layout = list(layout) if cfg.int4 and layout is not None else None
     cfg.encoder = "int8" if any(n.startswith(model.encoder_name + ".") for n in cfg.int8) else "narrow"
-    write_sharded(out, state, max_shard_bytes, metadata={"nemo_lite_quant": cfg.mode})
+    files = write_sharded(out, state, max_shard_bytes, metadata={"nemo_lite_quant": cfg.mode})
+    keep = {f.name for f in files} | ({"model.safetensors.index.json"} if len(files) > 1 else set())
+    for old in out.glob("model*.safetensors*"):  # an earlier write's shards that this one did not replace
+        if old.name not in keep:
+            old.unlink()
     cfg.write(out)  # last: a directory without it is not taken for a finished one
     return cfg
 
 
 def check_out_dir(out: Path) -> None:
+    """``out`` may be new, empty, or an earlier pre-quantized directory (replaced file by file)."""
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not is_quantized_dir(out))):
         raise FileExistsError(f"{out} exists and is not an empty directory or an earlier pre-quantized checkpoint; "
                               "choose a new --out")
-    if is_quantized_dir(out):  # replaced: shards of the old write that the new one may not overwrite
-        for old in out.glob("model*.safetensors*"):
-            old.unlink()
 
 
 def copy_llm_files(config_dir: Path, tokenizer_dir: Path, dst: Path) -> None:

@@ -194,8 +194,11 @@ def test_quantize_command(tiny_ckpt, llm_dir, tmp_path, capsys):
     assert sorted(p.name for p in (out / "llm_backbone").iterdir()) == sorted(
         p.name for p in llm_dir.iterdir())  # config + tokenizer: loads offline
     assert QuantizedConfig.read(out).mode == "int4"
-    assert cli.main(["quantize", str(tiny_ckpt), "--mode", "int8", "--out", str(out), "--threads", "1"]) == 0
+    assert cli.main(["quantize", str(tiny_ckpt), "--mode", "int8", "--out", str(out), "--threads", "1",
+                     "--max-shard-gb", "0.004"]) == 0
     assert QuantizedConfig.read(out).mode == "int8"  # an earlier pre-quantized directory is replaced
+    assert not (out / "model.safetensors").exists()  # by shards: the single file of the int4 write is gone
+    assert torch.equal(_outputs(from_pretrained(out))[0], _outputs(_at_load(tiny_ckpt, "int8", "narrow", "narrow"))[0])
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
     assert cli.main(["quantize", str(tiny_ckpt), "--mode", "int8", "--out", str(tmp_path / "other")]) == 2
