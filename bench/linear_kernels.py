@@ -159,7 +159,7 @@ def quantize_times(threads: int) -> list[str]:
         }
         portable = quant.Int4Linear.from_linear(lin, 64).weight  # (N, K/2), as a checkpoint holds it
         codes = quant._codes(portable)
-        layout = quant._int4_layout()
+        layout = quant.int4_kernel_layout()
         if layout is not None:
             steps["Int4 pack, ours (at load)"] = lambda p=portable, lay=layout: quant._to_kernel(p, *lay)
         steps["Int4 pack, torch's packer"] = lambda codes=codes: torch.ops.aten._convert_weight_to_int4pack_for_cpu(

@@ -3,6 +3,8 @@
 - a directory with ``whisper_llm.json``: a :class:`~nemo_lite.whisper_adapter.WhisperLLM` in nemo_lite's layout;
 - a directory whose ``config.json`` is a Qwen2-VL config (``model_type: qwen2_vl``): the Qwen2-VL audio adapter's
   published (merged) checkpoint, also a WhisperLLM;
+- a directory with ``nemo_lite_quant.json`` (``nemo-lite quantize``'s output): a pre-quantized
+  :class:`~nemo_lite.canary_qwen.CanaryQwen`, memory-mapped (:mod:`nemo_lite.prequant`);
 - anything else (a directory in the hub layout, or a hub id): :class:`~nemo_lite.canary_qwen.CanaryQwen`.
 """
 

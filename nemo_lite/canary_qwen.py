@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from . import speed
+from . import prequant, speed
 from .config import SALMConfig
-from .llm import build_llm, finish_after_load, input_embeddings
-from .memory import NarrowConv1d, NarrowLinear, cast_floats, hold_narrow
+from .llm import base_causal_lm, build_llm, finish_after_load, input_embeddings
+from .memory import NarrowConv1d, NarrowLinear, cast_floats, hold_embedding_narrow, hold_narrow
 from .options import LoadOptions, load_options
 from .prompts import Turn, asr_prompt
 from .runtime import check_device
@@ -92,7 +93,9 @@ class CanaryQwen(SpeechLM):
         options: LoadOptions | str | None = None,
         **overrides: Any,
     ) -> CanaryQwen:
-        """Load a checkpoint in the hub layout (``config.json`` + ``model.safetensors``), from a dir or the hub.
+        """Load a checkpoint in the hub layout (``config.json`` + ``model.safetensors``), from a dir or the hub, or
+        a pre-quantized directory written by ``nemo-lite quantize`` (memory-mapped, nothing to do at load; it fixes
+        the quantization: :mod:`nemo_lite.prequant`).
 
         ``options``: a :class:`~nemo_lite.options.LoadOptions` or a preset name (``"exact"``, the default on
         CPU; ``"fast-cpu"``; ``"gpu"``); ``device``, ``dtype`` and any other LoadOptions field given as a keyword
@@ -109,6 +112,8 @@ class CanaryQwen(SpeechLM):
         compiled decoding steps.
         """
         opts = load_options(options, device=device, dtype=dtype, **overrides)
+        if prequant.is_quantized_dir(name_or_path):  # `nemo-lite quantize` output: memory-mapped, nothing to do
+            return prequant.load_quantized(cls, Path(name_or_path).expanduser(), opts, llm_path)
         device = check_device(opts.torch_device)
         dtype, encoder_dtype = opts.compute_dtype, opts.encoder_compute_dtype
         ckpt = resolve_checkpoint(name_or_path)
@@ -118,13 +123,14 @@ class CanaryQwen(SpeechLM):
         model = cls(cfg, llm_config, tokenizer, opts)
         keys = list(model.state_dict(keep_vars=True))
         layer_keys = frozenset(k for k in keys if k.startswith(ENCODER_LAYERS_PREFIX))
+        embed_key = _embed_key(model)
+        stored = file_dtypes(ckpt / WEIGHTS_FILE, embed_key[: -len("embed_tokens.weight")])
         int8_encoder = opts.quantize == "int8-all"
         compact = opts.compact_encoder
         if compact is None:
-            stored = {d for k, d in file_dtypes(ckpt / WEIGHTS_FILE, "llm.").items()
-                      if k in layer_keys and d.is_floating_point}
-            compact = (not int8_encoder and bool(stored) and encoder_dtype.is_floating_point
-                       and all(d.itemsize < encoder_dtype.itemsize for d in stored))
+            layer_dtypes = {d for k, d in stored.items() if k in layer_keys and d.is_floating_point}
+            compact = (not int8_encoder and bool(layer_dtypes) and encoder_dtype.is_floating_point
+                       and all(d.itemsize < encoder_dtype.itemsize for d in layer_dtypes))
         if compact:
             hold_narrow(model.perception.encoder.layers)  # before loading: the narrow tensors load into them
         # Weights kept in the file's dtype at load: those about to be quantized (one layer widened at a time, never
@@ -132,6 +138,12 @@ class CanaryQwen(SpeechLM):
         keep = frozenset()
         if opts.quantize:
             keep |= {f"llm.{n}.weight" for n in speed.quantizable_linears(model.llm)}
+            embed_dtype = stored.get(embed_key, dtype)
+            if embed_dtype.is_floating_point and embed_dtype.itemsize < dtype.itemsize:
+                # The tied head gets its own quantized copy, so the table is only looked up: held as stored
+                # (bf16: bit-identical rows, 0.6 GB less at full size), each looked-up row widened.
+                hold_embedding_narrow(base_causal_lm(model.llm), embed_dtype, dtype)
+                keep |= {embed_key}
         if int8_encoder or compact or encoder_dtype != dtype:
             keep |= {k for k in keys if k.startswith(ENCODER_PREFIX)}
         model._load_weights(ckpt / WEIGHTS_FILE, dtype, device, keep_file_dtype=keep)
@@ -149,6 +161,10 @@ class CanaryQwen(SpeechLM):
         state = read_state_dict(path, self, embed_key[: -len("embed_tokens.weight")], dtype, device,
                                 keep_fp32=(PREPROCESSOR_PREFIX,), keep_file_dtype=keep_file_dtype)
         self.load_state_dict(state, strict=True, assign=True)
+        self._after_load(device)
+
+    def _after_load(self, device: torch.device) -> None:
+        """What a meta-device load leaves to do: the tied head, non-persistent tables, the check nothing is empty."""
         finish_after_load(self.llm, device)
         _rebuild_encoder_positions(self.perception.encoder, device)
         check_no_meta(self)

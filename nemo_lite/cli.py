@@ -1,8 +1,9 @@
 """The ``nemo-lite`` command: ``transcribe`` files, folders and NeMo manifests; ``chat`` with the LLM (adapter off);
 ``train`` from a config (:mod:`nemo_lite.training`); ``eval`` (:mod:`nemo_lite.evaluate`); ``serve`` an
 OpenAI-compatible HTTP API (:mod:`nemo_lite.serve`, the ``[serve]`` extra); ``manifest`` (:mod:`nemo_lite.manifest`:
-JSONL manifests from the Qwen2-VL adapter's JSON or a Hugging Face ``datasets`` split). Every model command takes
-either design's checkpoint (Canary-Qwen, or the adapter's, detected from its files: :mod:`nemo_lite.auto`).
+JSONL manifests from the Qwen2-VL adapter's JSON or a Hugging Face ``datasets`` split); ``quantize`` a checkpoint
+once into a directory that loads in about a second (:mod:`nemo_lite.quantize`). Every model command takes either
+design's checkpoint (Canary-Qwen, or the adapter's, detected from its files: :mod:`nemo_lite.auto`).
 
 ``nemo-lite transcribe`` takes audio files, directories (scanned recursively for :data:`AUDIO_EXTENSIONS`) and
 NeMo-style manifests (``.json``/``.jsonl``, one JSON object a line with ``audio_filepath``; relative paths resolve
@@ -406,6 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.set_defaults(func=cmd_info)
     from .evaluate import add_eval_parser
     from .manifest import add_manifest_parser
+    from .quantize import add_quantize_parser
     from .training.command import add_train_parser
     from .training.publish import add_export_parser
 
@@ -414,6 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_parser(sub)  # nemo-lite eval MANIFEST --model M (WER/CER after Whisper normalisation, RTFx)
     add_serve_parser(sub)  # nemo-lite serve --model M (FastAPI/uvicorn, imported only when it runs)
     add_manifest_parser(sub)  # nemo-lite manifest SEED.json | --hf-dataset D --out-dir DIR (JSONL manifests)
+    add_quantize_parser(sub)  # nemo-lite quantize MODEL --mode int8|int4 --out DIR (a checkpoint that loads in ~1 s)
     return parser
 
 

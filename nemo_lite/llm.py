@@ -59,9 +59,10 @@ def base_causal_lm(llm: PreTrainedModel | PeftModel) -> PreTrainedModel:
 
 
 def finish_after_load(llm: PreTrainedModel | PeftModel, device: torch.device) -> None:
-    """Re-tie the output embedding and rebuild non-persistent buffers that a meta-device load leaves empty."""
+    """Re-tie the output embedding and rebuild non-persistent buffers that a meta-device load leaves empty. A head
+    that is not a float ``Linear`` (a pre-quantized checkpoint's: it has its own quantized copy) is left as loaded."""
     lm = base_causal_lm(llm)
-    if getattr(lm.config, "tie_word_embeddings", False):
+    if getattr(lm.config, "tie_word_embeddings", False) and isinstance(lm.get_output_embeddings(), nn.Linear):
         lm.lm_head.weight = lm.get_input_embeddings().weight
     inner = lm.model
     if hasattr(inner, "rotary_emb"):

@@ -1,5 +1,5 @@
 """Memory: returning freed heap memory to the OS (glibc ``malloc_trim``); weights held narrower than computed
-(:class:`NarrowLinear`, :func:`hold_narrow`).
+(:class:`NarrowLinear`, :class:`NarrowConv1d`, :class:`NarrowEmbedding`, :func:`hold_narrow`).
 
 Long recordings run as many windows of slightly different lengths; the encoder's large temporaries then have
 different sizes each call, glibc serves them from its heap and keeps the freed pages, and resident memory creeps
@@ -48,9 +48,42 @@ class NarrowConv1d(nn.Conv1d):
         return self._conv_forward(x, self.weight.to(x.dtype), bias)
 
 
-def hold_narrow(root: nn.Module) -> list[str]:
+class NarrowEmbedding(nn.Embedding):
+    """An ``nn.Embedding`` whose table is held narrow (the checkpoint's bf16) and whose looked-up rows are widened
+    to ``out_dtype``: a lookup widens only the rows it reads. With a bf16 file and fp32 compute the rows are
+    exactly those of an fp32 table (bf16 -> fp32 is exact), at half the memory (0.6 GB less for Qwen3-1.7B's
+    151936 x 2048 table). Used where the tied output head has its own quantized copy (the quantized modes)."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, out_dtype: torch.dtype = torch.float32,
+                 **kwargs) -> None:
+        super().__init__(num_embeddings, embedding_dim, **kwargs)
+        self.out_dtype = out_dtype  # the compute dtype rows are widened to (not saved: the model's compute dtype)
+
+    @classmethod
+    def holding(cls, weight: torch.Tensor, out_dtype: torch.dtype = torch.float32) -> NarrowEmbedding:
+        """A narrow embedding around an existing (narrow) table, shared, not copied."""
+        mod = cls(*weight.shape, out_dtype=out_dtype, device="meta")
+        mod.weight = nn.Parameter(weight, requires_grad=False)
+        return mod
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return super().forward(ids).to(self.out_dtype)  # (..., H): rows gathered narrow, then widened
+
+
+def hold_embedding_narrow(causal_lm: nn.Module, dtype: torch.dtype, out_dtype: torch.dtype = torch.float32) -> None:
+    """Make the input embedding of a (meta-device, not yet loaded) Hugging Face causal LM a :class:`NarrowEmbedding`
+    of ``dtype``, before loading its table in the file's dtype."""
+    old = causal_lm.get_input_embeddings()
+    new = NarrowEmbedding.holding(torch.empty(old.num_embeddings, old.embedding_dim, dtype=dtype, device="meta"),
+                                  out_dtype)
+    new.padding_idx = old.padding_idx
+    causal_lm.set_input_embeddings(new)
+
+
+def hold_narrow(root: nn.Module, names: list[str] | None = None) -> list[str]:
     """Replace every ``nn.Linear`` / ``nn.Conv1d`` under ``root`` (built on the meta device, before loading) by
-    :class:`NarrowLinear` / :class:`NarrowConv1d`; returns their names. Load their weights in the file's dtype.
+    :class:`NarrowLinear` / :class:`NarrowConv1d`, or only those in ``names``; returns their names. Load their
+    weights in the file's dtype.
 
     Used for the FastConformer layers in exact mode: the checkpoint is bf16 and NeMo computes fp32 from bf16
     values, so the fp32 weights a layer sees are identical whichever way they are held, and results are
@@ -58,9 +91,10 @@ def hold_narrow(root: nn.Module) -> list[str]:
     widens one weight matrix at a time. Inference only: the widened weights are temporaries.
     """
     swapped = []
+    wanted = None if names is None else set(names)
     for name, mod in list(root.named_modules()):
         kind = {nn.Linear: NarrowLinear, nn.Conv1d: NarrowConv1d}.get(type(mod))
-        if kind is None:
+        if kind is None or (wanted is not None and name not in wanted):
             continue
         if kind is NarrowLinear:
             new = NarrowLinear(mod.in_features, mod.out_features, bias=mod.bias is not None, device="meta")

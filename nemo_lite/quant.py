@@ -18,7 +18,11 @@ quantized model is saved to safetensors and loaded back on the meta device with 
   16/32 elsewhere): checkpoints hold the portable form and :meth:`Int4Linear.pack` rearranges it in place with a
   few tensor ops (the layout is found once by comparing against ``_convert_weight_to_int4pack_for_cpu`` on a
   small probe; torch's own packer is a strided scalar loop, 4-9x slower). ``state_dict`` always writes the
-  portable form.
+  portable form; a pre-quantized directory (:mod:`nemo_lite.prequant`) may hold the kernel layout instead, recorded
+  in its config, and :meth:`Int4Linear.hold_layout` / :meth:`Int4Linear.pack` convert only on a CPU that wants
+  another.
+- :class:`Int8Embedding`: an embedding table as int8 rows + a bf16 scale per row (exactly :class:`Int8Linear`'s
+  buffers, so an int8 tied head and the embedding can be one tensor); a lookup widens only the rows it reads.
 
 Compute dtype: the CPU kernels run in bf16 (their fp32 variants are scalar loops, 10-40x slower): activations
 are rounded to bf16, weights widened to fp32 in registers, products accumulated in fp32, the output rounded to bf16
@@ -130,6 +134,49 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
+class Int8Embedding(nn.Module):
+    """An embedding table held as int8 rows with a bf16 scale per row (``rows = weight[ids] * scale[ids]``); a
+    lookup widens only the rows it reads, to ``out_dtype``.
+
+    Its buffers have exactly :class:`Int8Linear`'s form (per-output-channel = per-row), so a tied output head
+    quantized to int8 and the input embedding are one tensor (:meth:`sharing`): the table is quantized once and
+    held once (0.31 GB for Qwen3-1.7B's 151936 x 2048, against 1.24 GB fp32 + 0.31 GB int8 head)."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, device=None, out_dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim, self.out_dtype = num_embeddings, embedding_dim, out_dtype
+        self.register_buffer("weight", torch.empty(num_embeddings, embedding_dim, dtype=torch.int8, device=device))
+        self.register_buffer("scale", torch.empty(num_embeddings, dtype=torch.bfloat16, device=device))
+
+    @classmethod
+    def sharing(cls, head: Int8Linear, out_dtype: torch.dtype = torch.float32) -> Int8Embedding:
+        """The embedding whose rows are the int8 output head's (a tied head: the same tensors, nothing copied)."""
+        mod = cls(head.out_features, head.in_features, device="meta", out_dtype=out_dtype)
+        mod.weight, mod.scale = head.weight, head.scale
+        return mod
+
+    @classmethod
+    def from_weight(cls, weight: torch.Tensor, out_dtype: torch.dtype = torch.float32) -> Int8Embedding:
+        """Quantize a float table (V, H) row by row, as :meth:`Int8Linear.from_linear` does its rows."""
+        v, h = weight.shape
+        return cls.sharing(Int8Linear.from_linear(_as_linear(weight)), out_dtype) if not weight.is_meta \
+            else cls(v, h, device="meta", out_dtype=out_dtype)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        w = F.embedding(ids, self.weight).to(self.out_dtype)  # (..., H) int8 rows, widened
+        return w * self.scale[ids].to(self.out_dtype)[..., None]
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}"
+
+
+def _as_linear(weight: torch.Tensor) -> nn.Linear:
+    """A bias-free ``Linear`` around ``weight`` (N, K), not copied (to quantize a table as a layer)."""
+    lin = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
+    lin.weight = nn.Parameter(weight, requires_grad=False)
+    return lin
+
+
 # --- int4: the CPU kernel's layout ----------------------------------------------------------------------------
 # _convert_weight_to_int4pack_for_cpu stores output rows in blocks of B (torch's float vector width x 4): each
 # block is (K, B/2) bytes, byte j of column k holding two rows' codes. "halves" (AVX2 B=32, AVX512 B=64) pairs
@@ -190,7 +237,7 @@ def _from_kernel(packed: torch.Tensor, style: str, block: int) -> torch.Tensor:
 
 
 @lru_cache(maxsize=1)
-def _int4_layout() -> tuple[str, int] | None:
+def int4_kernel_layout() -> tuple[str, int] | None:
     """The kernel layout on this machine, found by packing a probe both ways; None: use torch's packer."""
     if not _has_op("_convert_weight_to_int4pack_for_cpu"):
         return None
@@ -252,17 +299,26 @@ class Int4Linear(nn.Module):
         return (q - 8) * scale + zero.repeat_interleave(self.group_size, 1)
 
     def pack(self) -> None:
-        """Put ``weight`` in this CPU's kernel layout (in place, idempotent; done on first CPU forward)."""
+        """Put ``weight`` in this CPU's kernel layout (in place, idempotent; done on first CPU forward). A weight
+        held in another CPU's layout (:meth:`hold_layout`) goes through the portable form."""
         with _PACK_LOCK:
-            if self._layout is not None or self._kernel_weight is not None or self.weight.device.type != "cpu":
+            if self._kernel_weight is not None or self.weight.device.type != "cpu":
                 return
-            layout = _int4_layout()
+            layout = int4_kernel_layout()
+            if layout is not None and self._layout == layout:
+                return
             if layout is not None:
-                self.weight = _to_kernel(self.weight, *layout)
+                self.weight = _to_kernel(self.portable_weight(), *layout)
                 self._layout = layout
             elif _has_op("_convert_weight_to_int4pack_for_cpu"):  # unknown layout: torch packs a second copy
                 self._kernel_weight = torch.ops.aten._convert_weight_to_int4pack_for_cpu(
-                    _codes(self.weight).to(torch.int32), 1)
+                    _codes(self.portable_weight()).to(torch.int32), 1)
+
+    def hold_layout(self, layout: tuple[str, int] | None) -> None:
+        """Declare that ``weight`` (just loaded) is in the kernel ``layout`` (None: portable), as a pre-quantized
+        checkpoint records it; on a CPU whose kernel wants that layout nothing is rearranged, else :meth:`pack`
+        converts on first use."""
+        self._layout, self._kernel_weight = (None if layout is None else tuple(layout)), None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
@@ -308,7 +364,7 @@ def quantizable_linears(module: nn.Module, skip: Iterable[str] = ()) -> list[str
 
 
 def quantize_linears(module: nn.Module, mode: str, skip: Iterable[str] = (), group_size: int = INT4_GROUP,
-                     workers: int | None = None, pack: bool = True) -> nn.Module:
+                     workers: int | None = None, pack: bool = True, names: Iterable[str] | None = None) -> nn.Module:
     """Replace each ``Linear`` of ``module`` (in place) by an :class:`Int8Linear` or :class:`Int4Linear`.
 
     LoRA A/B matrices (``.lora_`` in the name) and names containing any ``skip`` substring stay float. Weights of
@@ -316,15 +372,18 @@ def quantize_linears(module: nn.Module, mode: str, skip: Iterable[str] = (), gro
     quantized modules on meta (to ``load_state_dict(..., strict=True, assign=True)`` a quantized checkpoint into).
     Layers are quantized ``workers`` at a time in threads (default: torch's thread count); int4 layers are packed
     for this CPU when ``pack``. Tied weights (an output head sharing the embedding) get their own quantized copy.
+    ``names``: exactly these ``Linear`` layers (a pre-quantized checkpoint's list) instead of the rule above.
     """
     if mode not in MODES:
         raise ValueError(f"quantize mode must be one of {MODES}, got {mode!r}")
-    names = quantizable_linears(module, skip)
+    names = quantizable_linears(module, skip) if names is None else list(names)
     targets = []
     for name in names:
         parent_name, _, leaf = name.rpartition(".")
         parent = module.get_submodule(parent_name) if parent_name else module
         lin = getattr(parent, leaf)
+        if not isinstance(lin, nn.Linear):
+            raise ValueError(f"{name} is a {type(lin).__name__}, not a Linear layer to quantize")
         if mode == "int4":
             try:
                 _check_int4(lin.in_features, lin.out_features, group_size)

@@ -6,14 +6,18 @@
 - ``quantize="int8"``: every LLM ``Linear`` except the small LoRA A/B matrices (which stay float, so the adapter
   remains a switchable side path) becomes our :class:`~nemo_lite.quant.Int8Linear` (per-output-channel int8
   weights; torch's packed CPU kernel for decoding rows, a dequantized GEMM for prefill). The tied output head gets
-  its own int8 copy; the input embedding stays float. It replaced ``torch.ao`` dynamic quantization, whose
-  quantized tensors are deprecated in torch 2.13 and warned (muted before): on this project's AVX2 CPU the old
-  path decoded ~1.9x faster per token, the new one is 1.7x fp32 at batch 1, 2.2x at batch 8, with half the
-  per-layer error (0.9 % vs 2.0 %); docs/quant.md has the kernel-level figures.
+  its own int8 copy; the input embedding is then only looked up, so it is held as stored (bf16 for the hub file,
+  :class:`~nemo_lite.memory.NarrowEmbedding`: bit-identical rows, 0.6 GB less than the fp32 copy it was).
+  It replaced ``torch.ao`` dynamic quantization, whose quantized tensors are deprecated in torch 2.13 and warned
+  (muted before): on this project's AVX2 CPU the old path decoded ~1.9x faster per token, the new one is 1.7x
+  fp32 at batch 1, 2.2x at batch 8, with half the per-layer error (0.9 % vs 2.0 %); docs/quant.md has the
+  kernel-level figures.
 - ``quantize="int4"``: the same layers as :class:`~nemo_lite.quant.Int4Linear` (group 64): 1.9x fp32 at batch 1,
   2.8x at batch 8, 9 % per-layer error on random weights (WER on a trained model: not yet measured).
 - ``quantize="int8-all"``: int8 for the FastConformer's linear layers too (memory; their rows are many, so they
   run the dequantized GEMM path).
+- Pre-quantized directories (``nemo-lite quantize``, :mod:`nemo_lite.prequant`): int8 or int4 written once and
+  memory-mapped at load, with the embedding optionally int8 rows and the FastConformer optionally int8.
 """
 
 from __future__ import annotations

@@ -149,19 +149,37 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
     return path
 
 
-def load_llm_config_and_tokenizer(pretrained_llm: str, tokenizer_path: str, llm_path: str | os.PathLike | None,
-                                  audio_tag: str):
-    """The LLM config and tokenizer a Canary checkpoint names (``pretrained_llm``), or those in ``llm_path``;
-    the audio tag appended as a special token (NeMo does the same: id 151669 for Qwen3; the embedding keeps its
-    rows)."""
-    from transformers import AutoConfig, AutoTokenizer
+LLM_PATTERNS = ("*.json", "*.txt", "*.model", "*.tiktoken")  # an LLM's config + tokenizer files, never its weights
 
+
+def llm_dirs(pretrained_llm: str, tokenizer_path: str, llm_path: str | os.PathLike | None) -> tuple[Path, Path]:
+    """Local directories of the LLM config and of the tokenizer a Canary checkpoint names (``llm_path`` for both
+    when given), fetched by :func:`resolve` when they are hub ids."""
     src = str(llm_path) if llm_path else pretrained_llm
     tok_src = str(llm_path) if llm_path else tokenizer_path
-    patterns = ("*.json", "*.txt", "*.model", "*.tiktoken")  # config + tokenizer files, never the LLM's weights
+    return resolve(src, patterns=LLM_PATTERNS), resolve(tok_src, patterns=LLM_PATTERNS)
+
+
+def load_llm_config_and_tokenizer(pretrained_llm: str, tokenizer_path: str, llm_path: str | os.PathLike | None,
+                                  audio_tag: str, from_tokenizer_json: bool = False):
+    """The LLM config and tokenizer a Canary checkpoint names (``pretrained_llm``), or those in ``llm_path``;
+    the audio tag appended as a special token (NeMo does the same: id 151669 for Qwen3; the embedding keeps its
+    rows).
+
+    ``from_tokenizer_json``: build the tokenizer straight from its ``tokenizer.json`` (transformers'
+    ``PreTrainedTokenizerFast``, the tokenizers library's parser) instead of the LLM's own class, which for Qwen
+    rebuilds the 151k-entry vocabulary and merges in Python first: 0.5-1.5 s sooner, the same ids, text, special
+    tokens and chat template (tests/test_prequant.py). Used for pre-quantized directories, whose files we wrote."""
+    from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerFast
+
+    src = str(llm_path) if llm_path else pretrained_llm
     try:
-        llm_config = AutoConfig.from_pretrained(resolve(src, patterns=patterns))
-        tokenizer = AutoTokenizer.from_pretrained(resolve(tok_src, patterns=patterns), use_fast=True)
+        config_dir, tokenizer_dir = llm_dirs(pretrained_llm, tokenizer_path, llm_path)
+        llm_config = AutoConfig.from_pretrained(config_dir)
+        if from_tokenizer_json and (tokenizer_dir / "tokenizer.json").is_file():
+            tokenizer = PreTrainedTokenizerFast.from_pretrained(tokenizer_dir)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, use_fast=True)
     except (OSError, ValueError, CheckpointError) as err:
         reason = str(err).split("; without hub access")[0].splitlines()[0]
         raise CheckpointError(
@@ -327,3 +345,115 @@ def tie_head(state: dict[str, torch.Tensor], tie: tuple[str, str] | None) -> dic
     if tie is not None:
         state[tie[0]] = state[tie[1]]
     return state
+
+
+# ---------------------------------------------------------------------- memory-mapped checkpoints
+# (pre-quantized directories, nemo_lite.prequant: tensors used as stored, so nothing is read or copied at load)
+HEADER_MAX_BYTES = 100 << 20  # a safetensors header above this is damage, not a header (safetensors' own limit)
+
+
+def map_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file as a view of one copy-on-write memory map of it (nothing read or copied:
+    pages come from the page cache when a tensor is first used, and count in resident memory only once touched).
+
+    The header is checked before anything is mapped: a file cut short, a header that is not JSON, an unknown dtype,
+    or a tensor whose bytes do not match its shape or lie past the end of the file raise :class:`CheckpointError`
+    naming the file and the tensor (touching unmapped pages past the end would kill the process with SIGBUS).
+    Unlike :func:`read_strict`, no re-opening per :data:`MAP_WINDOW_BYTES`: the tensors *are* the map, so it
+    stays open while the model lives; file pages are reclaimable page cache, not anonymous memory.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if n < 2 or n > min(size - 8, HEADER_MAX_BYTES):
+            raise CheckpointError(f"{path} is not a readable safetensors file (truncated or corrupt?): its header "
+                                  f"length field says {n} bytes, the file has {size}")
+        try:
+            header = json.loads(f.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise CheckpointError(f"{path} is not a readable safetensors file: its header is not JSON "
+                                  f"({err})") from None
+    start = 8 + n
+    storage = torch.UntypedStorage.from_file(str(path), False, size)  # MAP_PRIVATE: writes never reach the file
+    out = {}
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        try:
+            dtype, shape, (begin, end) = SAFETENSORS_DTYPES[info["dtype"]], tuple(info["shape"]), info["data_offsets"]
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(f"{path}: tensor {key!r} has a damaged header entry {info!r}") from None
+        nbytes = dtype.itemsize * int(torch.Size(shape).numel())
+        if end - begin != nbytes or begin < 0 or start + end > size:
+            raise CheckpointError(f"{path}: tensor {key!r} ({info['dtype']} {list(shape)}) needs bytes {begin}-{end} "
+                                  f"of the data, the file holds {size - start} (truncated or damaged)")
+        if (start + begin) % dtype.itemsize:
+            raise CheckpointError(f"{path}: tensor {key!r} is not aligned to its dtype in the file")
+        out[key] = torch.empty(0, dtype=dtype).set_(storage, (start + begin) // dtype.itemsize, shape)
+    return out
+
+
+def read_mapped(files: list[Path], expected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Every tensor of ``files`` (:func:`map_safetensors`) checked against ``expected`` (our key -> a meta tensor
+    of the right shape and dtype, e.g. a meta model's ``state_dict(keep_vars=True)``): a tensor the model does not
+    have, one it lacks, a wrong shape or dtype, a key in two files, and damaged files raise :class:`CheckpointError`
+    naming them. Tensors are used as stored (no cast, no copy)."""
+    out: dict[str, torch.Tensor] = {}
+    for file in files:
+        if not file.is_file():
+            raise CheckpointError(f"{file} is missing (named by {file.parent / 'model.safetensors.index.json'})")
+        tensors = map_safetensors(file)
+        unexpected = sorted(set(tensors) - set(expected))
+        if unexpected:
+            raise CheckpointError(f"{file}: {len(unexpected)} tensor(s) the model does not have, e.g. {unexpected[:5]}")
+        for key, t in tensors.items():
+            want = expected[key]
+            if key in out:
+                raise CheckpointError(f"{file}: tensor {key!r} is also in another shard")
+            if t.shape != want.shape or t.dtype != want.dtype:
+                raise CheckpointError(f"{file}: tensor {key!r} is {str(t.dtype).removeprefix('torch.')} "
+                                      f"{list(t.shape)}, the model expects {str(want.dtype).removeprefix('torch.')} "
+                                      f"{list(want.shape)}")
+            out[key] = t
+    missing = sorted(set(expected) - set(out))
+    if missing:
+        raise CheckpointError(f"{files[0].parent}: {len(missing)} tensor(s) missing, e.g. {missing[:5]}")
+    return out
+
+
+def write_sharded(path: Path, state: dict[str, torch.Tensor], max_bytes: int, metadata: dict[str, str] | None = None,
+                  always_shard: bool = False) -> list[Path]:
+    """``state`` as one ``model.safetensors`` or, above ``max_bytes`` (or with ``always_shard``), shards of at most
+    ``max_bytes`` (a tensor never split; ``model-0000k-of-0000n.safetensors``) + ``model.safetensors.index.json``.
+    Each file is written under a temporary name and renamed into place, so a process that has the old file mapped
+    keeps reading it."""
+    from safetensors.torch import save_file
+
+    groups: list[list[str]] = [[]]
+    size = 0
+    for key in sorted(state):
+        n = state[key].numel() * state[key].element_size()
+        if groups[-1] and size + n > max_bytes:
+            groups.append([])
+            size = 0
+        groups[-1].append(key)
+        size += n
+    names = ([WEIGHTS_FILE] if len(groups) == 1 and not always_shard
+             else [f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors" for i in range(len(groups))])
+    files = []
+    for name, keys in zip(names, groups, strict=True):
+        tmp = path / f".{name}.tmp"
+        save_file({k: state[k].contiguous() for k in keys}, str(tmp), metadata={"format": "pt", **(metadata or {})})
+        os.replace(tmp, path / name)
+        files.append(path / name)
+    index = path / "model.safetensors.index.json"
+    if len(names) > 1 or always_shard:
+        total = sum(t.numel() * t.element_size() for t in state.values())
+        weight_map = {k: name for name, keys in zip(names, groups, strict=True) for k in keys}
+        tmp = path / ".index.tmp"
+        tmp.write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1))
+        os.replace(tmp, index)
+    elif index.exists():
+        index.unlink()  # an earlier, sharded write's index would name shards that are no longer there
+    return files

@@ -133,7 +133,7 @@ def test_safetensors_round_trip_on_meta(mode, tmp_path):
 
 def test_int4_layout_round_trip():
     """The fast repacking equals torch's packer (found by probe) and inverts exactly, tail blocks included."""
-    layout = quant._int4_layout()
+    layout = quant.int4_kernel_layout()
     if layout is None:
         pytest.skip("this CPU's int4 layout is not one of ours: torch's packer is used")
     codes = torch.randint(0, 16, (80, 64), dtype=torch.int32)  # 80 rows: full blocks + a 16-row tail

@@ -12,7 +12,6 @@ WhisperLLM.from_pretrained>`) and its key names are the fork's.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,28 +25,11 @@ SHARD_BYTES = 5 << 30  # 5 GB shards, save_pretrained's default max_shard_size
 
 
 def write_sharded(path: Path, state: dict[str, torch.Tensor], max_bytes: int = SHARD_BYTES) -> list[Path]:
-    """``state`` as safetensors shards of at most ``max_bytes`` (a tensor never split) + the index file."""
-    from safetensors.torch import save_file
+    """``state`` as safetensors shards of at most ``max_bytes`` (a tensor never split) + the index file, even for
+    one shard (the published layout): :func:`nemo_lite.weights.write_sharded`."""
+    from ..weights import write_sharded as write
 
-    groups: list[list[str]] = [[]]
-    size = 0
-    for key in sorted(state):
-        n = state[key].numel() * state[key].element_size()
-        if groups[-1] and size + n > max_bytes:
-            groups.append([])
-            size = 0
-        groups[-1].append(key)
-        size += n
-    weight_map, files = {}, []
-    for i, keys in enumerate(groups):
-        name = f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors"
-        save_file({k: state[k].contiguous() for k in keys}, str(path / name), metadata={"format": "pt"})
-        weight_map.update({k: name for k in keys})
-        files.append(path / name)
-    total = sum(t.numel() * t.element_size() for t in state.values())
-    (path / "model.safetensors.index.json").write_text(json.dumps(
-        {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1))
-    return files
+    return write(path, state, max_bytes, always_shard=True)
 
 
 def export_published(model: WhisperLLM, out: str | Path, dtype: torch.dtype | None = None,
