@@ -17,6 +17,14 @@ manifest lines: ``audio_filepath``, ``text``), every mode also transcribes the m
     python bench/bench.py --device cuda --build-full /tmp/full --modes exact bf16 --batch 32 128 \
         --nemo-python python3
 
+The C++ peer (issue 16), optional: ``--peer-src DIR|URL`` builds CrispASR's Canary-Qwen library and quantizer from
+its source, converts ``--ckpt`` with its converter, quantizes (``--peer-quants f16 q8_0 q4_k``) and times each quant
+in its own process, interleaved with nemo_lite's modes; a "Side by side with CrispASR" table joins the report
+(``bench/peer_crispasr.py``; bench/README.md says how, and which figures are the peer's own)::
+
+    python bench/bench.py --ckpt /work/full/ckpt --llm-path /work/full/llm --no-nemo --modes exact int8 int4 \
+        --audio a_5s.wav a_20s.wav --max-new-tokens 64 --repeats 2 --peer-src https://github.com/CrispStrobe/CrispASR
+
 Writes ``bench.json`` and ``bench.md`` into ``--out`` (default bench/results/, git-ignored); prints the table.
 """
 
