@@ -246,7 +246,7 @@ def run_peer(args, quant: str, arrays: list, work: Path, log_dir: Path) -> dict:
 
     print(f"[bench] speed-crispasr-{quant} ...", end=" ", flush=True, file=sys.stderr)
     result = peer.run(args.peer_bin, args.peer_models[quant], arrays, args.threads, args.max_new_tokens, args.batch,
-                      args.repeats, work, log_dir / f"speed-crispasr-{quant}.log")
+                      args.repeats, work, log_dir / f"speed-crispasr-{quant}.log", args.peer_measure_batch)
     result["mode"] = quant
     print(f"{result['run_s']:.0f} s", file=sys.stderr, flush=True)
     with open(log_dir / "runs.jsonl", "a") as f:
@@ -509,7 +509,7 @@ PEER_NOTE = (
     "projection), prefill, decode (forwards per second over its decode loop: one forward per new token). Ours: load "
     "(`canary_qwen_init_from_file`), e2e (`canary_qwen_transcribe_ex` wall), peak RSS (`wait4` ru_maxrss of the "
     "process: load + all runs). The library has no batch API: its batch-N figures are N transcriptions one after "
-    "another in one process. CPU use: whole process, load included.")
+    "another ({batch_how}). CPU use: whole process, load included.")
 
 
 def quality_table(runs: list[dict], refs: list[str]) -> list[str]:
@@ -542,7 +542,9 @@ def report(meta: dict, runs: list[dict], quality: dict | None, batches: list[int
            "competed).", ""]
     out += speed_table(runs, batches)
     if peer_runs:
-        out += ["", "## Side by side with CrispASR", "", PEER_NOTE.format(**meta["peer"]), "",
+        how = ("run in one process" if all(b.get("measured") for r in peer_runs for b in r["batches"].values())
+               else "the sum of the best batch-1 times of those clips")
+        out += ["", "## Side by side with CrispASR", "", PEER_NOTE.format(**meta["peer"], batch_how=how), "",
                 f"CPU: {meta.get('cpu_isa', meta['cpu'])}.", ""]
         out += peer_table(runs, peer_runs, meta["clip_samples"], meta["clips"], batches)
     states = {json.dumps(r["package"], sort_keys=True) for r in runs if r["system"] == "nemo_lite"}
@@ -623,6 +625,9 @@ def parse_args() -> argparse.Namespace:
     g.add_argument("--peer-python", default=sys.executable,
                    help="python for the peer's converter (needs gguf, safetensors, torch; default this one)")
     g.add_argument("--peer-jobs", type=int, default=2, help="parallel compile jobs (nice 19; default 2)")
+    g.add_argument("--peer-measure-batch", action="store_true",
+                   help="run the peer's batch N as N transcriptions in a row (default: the sum of its batch-1 times "
+                        "of those clips; the library has no batch API, so the work is the same)")
     args = p.parse_args()
     if args.peer_src and args.device != "cpu":
         p.error("the CrispASR column is a CPU comparison")
