@@ -275,18 +275,22 @@ def time_perception(runner, clips: list, repeats: int, device: str) -> dict:
 
 
 def time_generate(runner, clock: ForwardClock, batches: list[list], max_new_tokens: int, repeats: int) -> dict:
-    """Sum over ``batches`` (each one generate() call) of wall, prefill and decode times; ids of every row."""
+    """Sum over ``batches`` (each one generate() call) of wall, prefill and decode times; ids of every row;
+    ``calls``: the same figures per generate() call (per clip at batch 1)."""
     def once() -> dict:
-        total = {"wall_s": 0.0, "cpu_s": 0.0, "prefill_s": 0.0, "decode_s": 0.0, "decode_steps": 0, "ids": []}
+        total = {"wall_s": 0.0, "cpu_s": 0.0, "prefill_s": 0.0, "decode_s": 0.0, "decode_steps": 0, "ids": [],
+                 "calls": []}
         for batch in batches:
             clock.reset()
             t0, c0 = time.perf_counter(), cpu_seconds()
             ids = runner.generate(batch, max_new_tokens)
-            total["wall_s"] += time.perf_counter() - t0
+            call = {"wall_s": time.perf_counter() - t0, **clock.split(max(len(row) for row in ids))}
+            total["wall_s"] += call["wall_s"]
             total["cpu_s"] += cpu_seconds() - c0
-            for key, value in clock.split(max(len(row) for row in ids)).items():
-                total[key] += value
+            for key in ("prefill_s", "decode_s", "decode_steps"):
+                total[key] += call[key]
             total["ids"] += ids
+            total["calls"].append(call)
         return total
 
     return best_of(repeats, once)

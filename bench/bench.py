@@ -17,6 +17,14 @@ manifest lines: ``audio_filepath``, ``text``), every mode also transcribes the m
     python bench/bench.py --device cuda --build-full /tmp/full --modes exact bf16 --batch 32 128 \
         --nemo-python python3
 
+The C++ peer (issue 16), optional: ``--peer-src DIR|URL`` builds CrispASR's Canary-Qwen library and quantizer from
+its source, converts ``--ckpt`` with its converter, quantizes (``--peer-quants f16 q8_0 q4_k``) and times each quant
+in its own process, interleaved with nemo_lite's modes; a "Side by side with CrispASR" table joins the report
+(``bench/peer_crispasr.py``; bench/README.md says how, and which figures are the peer's own)::
+
+    python bench/bench.py --ckpt /work/full/ckpt --llm-path /work/full/llm --no-nemo --modes exact int8 int4 \
+        --audio a_5s.wav a_20s.wav --max-new-tokens 64 --repeats 2 --peer-src https://github.com/CrispStrobe/CrispASR
+
 Writes ``bench.json`` and ``bench.md`` into ``--out`` (default bench/results/, git-ignored); prints the table.
 """
 
@@ -232,9 +240,11 @@ def quantized_dir(args, spec: dict) -> Path:
     return out
 
 
-def speed_runs(args, work: Path, log_dir: Path, npz: Path) -> list[dict]:
+def speed_runs(args, work: Path, log_dir: Path, npz: Path, arrays: list | None = None) -> tuple[list[dict], list[dict]]:
     """Every mode in a fresh worker, ``--rounds`` times over, interleaved (mode A, B, ..., then A, B, ... again);
-    each mode's figures are the best of its rounds (:func:`best_of_rounds`)."""
+    each mode's figures are the best of its rounds (:func:`best_of_rounds`). With ``--peer-src``, the peer's quants
+    run in between (peer quant, nemo_lite mode, peer quant, ...), the best e2e of its rounds kept; NeMo's
+    modes after. Returns (nemo_lite + NeMo runs, peer runs)."""
     base = {"task": "speed", "ckpt": str(args.ckpt), "llm_path": args.llm_path, "audio_npz": str(npz),
             "max_new_tokens": args.max_new_tokens, "repeats": args.repeats, "batches": args.batch,
             "threads": args.threads, "omp_wait_policy": args.omp_wait_policy, "device": args.device}
@@ -242,8 +252,16 @@ def speed_runs(args, work: Path, log_dir: Path, npz: Path) -> list[dict]:
     fid_dir.mkdir()
     dirs = {m: quantized_dir(args, MODES[m]["prequant"]) for m in args.modes if "prequant" in MODES[m]}
     rounds: dict[str, list[dict]] = {}
+    peer_rounds: dict[str, list[dict]] = {}
+    peer_quants = list(getattr(args, "peer_models", {}))
     for r in range(args.rounds):
-        for mode in args.modes:
+        for i in range(max(len(args.modes), len(peer_quants))):
+            if i < len(peer_quants):
+                peer_rounds.setdefault(peer_quants[i], []).append(run_peer(args, peer_quants[i], arrays, work,
+                                                                           log_dir))
+            if i >= len(args.modes):
+                continue
+            mode = args.modes[i]
             role = None if "exact" not in args.modes else ("reference" if mode == "exact" else "compare")
             # from_pretrained's default dtype is bf16 off the CPU: name fp32 for the fp32 modes
             kwargs = {"dtype": "fp32", **MODES[mode]} if args.device != "cpu" else dict(MODES[mode])
@@ -261,6 +279,7 @@ def speed_runs(args, work: Path, log_dir: Path, npz: Path) -> list[dict]:
             run["quant_dir_gb"] = sum(f.stat().st_size for f in d.glob("model*.safetensors")) / GB
             if (d / "quantize.json").is_file():
                 run["quantize_s"] = json.loads((d / "quantize.json").read_text())["quantize_s"]
+    peer_runs = [min(peer_rounds[q], key=lambda run: sum(c["e2e_s"] for c in run["clips"])) for q in peer_quants]
     if args.nemo_python and not args.no_nemo:
         for dtype in args.nemo_dtypes:
             kwargs = {"dtype": "bf16"} if dtype == "bf16" else {}
@@ -269,7 +288,36 @@ def speed_runs(args, work: Path, log_dir: Path, npz: Path) -> list[dict]:
                 runs.append(run_worker(args.nemo_python, job, work, log_dir))
             except SystemExit as err:  # the reference is optional: keep nemo_lite's figures, say what failed
                 print(f"[bench] NeMo {dtype} failed, left out of the report: {err}", file=sys.stderr)
-    return runs
+    return runs, peer_runs
+
+
+# ---------------------------------------------------------------------- the C++ peer (CrispASR)
+def prepare_peer(args) -> dict:
+    """Build CrispASR, convert the checkpoint with its converter, quantize with its quantizer (each step reused
+    when its output is in ``--peer-work``); sets ``args.peer_models`` (quant -> GGUF) and ``args.peer_bin``."""
+    import peer_crispasr as peer
+
+    work = args.peer_work.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    tree, info = peer.prepare_source(args.peer_src, work, args.peer_ggml)
+    bins = peer.build(tree, work, args.peer_jobs)
+    f16 = peer.convert(tree, args.ckpt, Path(args.llm_path) if args.llm_path else None, work, args.peer_python)
+    args.peer_models = {q: peer.quantize(bins["quantize"], f16, q) for q in args.peer_quants}
+    args.peer_bin = bins["run"]
+    return info
+
+
+def run_peer(args, quant: str, arrays: list, work: Path, log_dir: Path) -> dict:
+    import peer_crispasr as peer
+
+    print(f"[bench] speed-crispasr-{quant} ...", end=" ", flush=True, file=sys.stderr)
+    result = peer.run(args.peer_bin, args.peer_models[quant], arrays, args.threads, args.max_new_tokens, args.batch,
+                      args.repeats, work, log_dir / f"speed-crispasr-{quant}.log", args.peer_measure_batch)
+    result["mode"] = quant
+    print(f"{result['run_s']:.0f} s", file=sys.stderr, flush=True)
+    with open(log_dir / "runs.jsonl", "a") as f:
+        f.write(json.dumps(result) + "\n")
+    return result
 
 
 def best_of_rounds(runs: list[dict]) -> dict:
@@ -514,6 +562,62 @@ def load_table(runs: list[dict], batches: list[int], clip_s: float | None) -> li
     return lines
 
 
+def _stage_total(clips: list[dict], key: str) -> float | None:
+    """Sum of a per-clip stage time, or None where the peer did not print it."""
+    vals = [c[key] for c in clips]
+    return None if any(v is None for v in vals) else sum(vals)
+
+
+def peer_table(runs: list[dict], peer_runs: list[dict], lengths: list[int], clip_names: list[str],
+               batches: list[int]) -> list[str]:
+    """nemo_lite's modes and the peer's quants side by side, in the same units (one row per run, in run order)."""
+    audio_s = sum(lengths) / SAMPLE_RATE
+    batch_audio_s = {n: sum(lengths[i % len(lengths)] for i in range(n)) / SAMPLE_RATE for n in batches}
+    head = ["system", "load (s)", "peak RSS (GB)", "mel+enc (s / audio s)", "prefill b1 (s)", "decode b1 (tok/s)",
+            *[f"e2e {c} (s)" for c in clip_names], "RTFx b1", *[f"e2e b{n} (s)" for n in batches],
+            *[f"RTFx b{n}" for n in batches], "new tokens / row", "CPU use", "load avg"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in runs:
+        if r["system"] != "nemo_lite":
+            continue
+        d, calls = r["derived"], r["b1"].get("calls", [])
+        walls = [f"{c['wall_s']:.2f}" for c in calls] or ["–"] * len(clip_names)
+        toks = sorted({len(row) for row in r["b1"]["ids"]})
+        lines.append("| " + " | ".join([
+            f"nemo_lite {r['mode']}", f"{r['load_s']:.1f}", f"{d['peak_rss_gb']:.2f}",
+            f"{d['perception_s_per_audio_s']:.4f}", f"{d['prefill_b1_s']:.3f}", f"{d['decode_b1_tok_s']:.2f}", *walls,
+            f"{d['rtfx_b1']:.2f}", *[f"{r['batches'][str(n)]['wall_s']:.2f}" for n in batches],
+            *[f"{d[f'rtfx_b{n}']:.2f}" for n in batches], "/".join(map(str, toks)), f"{r['cpu_util']:.2f}",
+            f"{r['load_avg_start']:.1f}→{r['load_avg_end']:.1f}"]) + " |")
+    for r in peer_runs:
+        clips = r["clips"]
+        mel, enc, pre, dec = (_stage_total(clips, k) for k in ("mel_s", "enc_s", "prefill_s", "decode_s"))
+        e2e = sum(c["e2e_s"] for c in clips)
+        toks = sorted({c["n_tokens"] for c in clips})
+        lines.append("| " + " | ".join([
+            f"CrispASR {r['mode'].upper()}", f"{r['load_s']:.1f}", f"{r['peak_rss'] / GB:.2f}",
+            fmt(None if mel is None or enc is None else (mel + enc) / audio_s, ".4f"),
+            fmt(None if pre is None else pre / len(clips), ".3f"),
+            fmt(None if not dec else sum(c["n_tokens"] for c in clips) / dec, ".2f"),
+            *[f"{c['e2e_s']:.2f}" for c in clips], f"{audio_s / e2e:.2f}",
+            *[f"{r['batches'][str(n)]['e2e_s']:.2f}" for n in batches],
+            *[f"{batch_audio_s[n] / r['batches'][str(n)]['e2e_s']:.2f}" for n in batches],
+            "/".join(map(str, toks)), f"{r['cpu_use']:.2f}",
+            f"{r['load_avg'][0]:.1f}→{r['load_avg'][1]:.1f}"]) + " |")
+    return lines
+
+
+PEER_NOTE = (
+    "CrispASR rows: its Canary-Qwen library (`src/canary_qwen.cpp`, commit {commit}; ggml: {ggml}) driven by "
+    "`bench/peer/peer_canary_qwen.cpp` through its public C API, as its `crispasr --backend canary-qwen` CLI does "
+    "(flash attention on, greedy, `--max-new-tokens`); GGUFs by its own converter (LoRA merged into q/v) and "
+    "quantizer. Its own figures (`CRISPASR_CANARY_QWEN_BENCH=1` stage timings): mel+enc (mel + encoder + "
+    "projection), prefill, decode (forwards per second over its decode loop: one forward per new token). Ours: load "
+    "(`canary_qwen_init_from_file`), e2e (`canary_qwen_transcribe_ex` wall), peak RSS (`wait4` ru_maxrss of the "
+    "process: load + all runs). The library has no batch API: its batch-N figures are N transcriptions one after "
+    "another ({batch_how}). CPU use: whole process, load included.")
+
+
 def quality_table(runs: list[dict], refs: list[str]) -> list[str]:
     exact = next((r for r in runs if r["mode"] == "exact"), None)
     lines = ["| mode | WER | top-1 vs exact | KL vs exact | same text as exact |", "|---|---|---|---|---|"]
@@ -527,7 +631,8 @@ def quality_table(runs: list[dict], refs: list[str]) -> list[str]:
     return lines
 
 
-def report(meta: dict, runs: list[dict], quality: dict | None, batches: list[int]) -> str:
+def report(meta: dict, runs: list[dict], quality: dict | None, batches: list[int],
+           peer_runs: list[dict] | None = None) -> str:
     clips = ", ".join(f"{n} ({s:.1f} s)" for n, s in zip(meta["clips"], meta["clip_seconds"], strict=True))
     gpu = next((f" ({r['gpu_name']})" for r in runs if r.get("gpu_name")), "")
     out = [f"# nemo_lite benchmark — {meta['date']}", "",
@@ -548,6 +653,12 @@ def report(meta: dict, runs: list[dict], quality: dict | None, batches: list[int
         out += ["", f"Load and memory (best of {meta['rounds']} interleaved processes; encoder on one "
                     f"{meta.get('encoder_clip_s') or 0:.0f} s clip):", ""]
         out += load_table(runs, batches, meta.get("encoder_clip_s"))
+    if peer_runs:
+        how = ("run in one process" if all(b.get("measured") for r in peer_runs for b in r["batches"].values())
+               else "the sum of the best batch-1 times of those clips")
+        out += ["", "## Side by side with CrispASR", "", PEER_NOTE.format(**meta["peer"], batch_how=how), "",
+                f"CPU: {meta.get('cpu_isa', meta['cpu'])}.", ""]
+        out += peer_table(runs, peer_runs, meta["clip_samples"], meta["clips"], batches)
     states = {json.dumps(r["package"], sort_keys=True) for r in runs if r["system"] == "nemo_lite"}
     if states:
         pkg = runs[0]["package"]
@@ -624,7 +735,25 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--no-speed", action="store_true", help="only the trained-checkpoint WER runs")
     p.add_argument("--smoke", action="store_true", help="tiny random checkpoint for --ckpt and --trained-ckpt")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="output dir (default bench/results)")
+    g = p.add_argument_group("the C++ peer, CrispASR (optional; see bench/peer_crispasr.py)")
+    g.add_argument("--peer-src", metavar="DIR|URL",
+                   help="CrispASR source: a checkout, or a git URL cloned with --recursive into --peer-work")
+    g.add_argument("--peer-ggml", metavar="DIR|URL[@REF]",
+                   help="fills the checkout's ggml submodule when it is empty (upstream ggml gets a shim for the "
+                        "fork's ops)")
+    g.add_argument("--peer-quants", nargs="+", default=["f16", "q8_0", "q4_k"],
+                   help="GGUF types timed: f16 (the converter's) and crispasr-quantize types (default f16 q8_0 q4_k)")
+    g.add_argument("--peer-work", type=Path, default=ROOT / "bench" / "results" / "peer",
+                   help="build dir, GGUFs and a clone (reused between runs; default bench/results/peer)")
+    g.add_argument("--peer-python", default=sys.executable,
+                   help="python for the peer's converter (needs gguf, safetensors, torch; default this one)")
+    g.add_argument("--peer-jobs", type=int, default=2, help="parallel compile jobs (nice 19; default 2)")
+    g.add_argument("--peer-measure-batch", action="store_true",
+                   help="run the peer's batch N as N transcriptions in a row (default: the sum of its batch-1 times "
+                        "of those clips; the library has no batch API, so the work is the same)")
     args = p.parse_args()
+    if args.peer_src and args.device != "cpu":
+        p.error("the CrispASR column is a CPU comparison")
     if args.trained_ckpt and not args.manifest:
         p.error("--trained-ckpt needs --manifest")
     if not args.smoke and not args.ckpt and not args.no_speed and not args.build_full:
@@ -675,25 +804,35 @@ def main() -> None:
                 "repeats": args.repeats, "rounds": args.rounds, "cpu": cpu, "cores": os.cpu_count(),
                 "torch": torch.__version__,
                 "python": sys.version.split()[0], "nemo_python": args.nemo_python, "modes": args.modes,
-                "cache_warm_s": 0.0}
+                "cache_warm_s": 0.0, "clip_samples": [len(a) for a in arrays]}
+        try:
+            from nemo_lite.cpu import describe
+
+            meta["cpu_isa"] = describe()
+        except ImportError:
+            pass
         runs: list[dict] = []
+        peer_runs: list[dict] = []
         if not args.no_speed:
+            if args.peer_src:
+                meta["peer"] = prepare_peer(args)
             meta["cache_warm_s"] = warm_page_cache(args.ckpt)
             encoder_clip = None
             if args.encoder_clip_seconds:
                 encoder_clip = np.resize(np.concatenate(arrays), int(args.encoder_clip_seconds * SAMPLE_RATE))
                 meta["encoder_clip_s"] = args.encoder_clip_seconds
-            runs = speed_runs(args, work, log_dir, write_npz(arrays, work / "audio.npz", encoder_clip))
+            runs, peer_runs = speed_runs(args, work, log_dir, write_npz(arrays, work / "audio.npz", encoder_clip),
+                                         arrays)
             summarize(runs, [len(a) for a in arrays], args.batch, args.encoder_clip_seconds)
         quality = None
         if args.trained_ckpt:
             q_runs, refs, audio_s = quality_runs(args, work, log_dir)
             quality = {"ckpt": str(args.trained_ckpt), "manifest": str(args.manifest), "refs": refs,
                        "audio_s": audio_s, "runs": q_runs, "wer": {r["mode"]: wer(refs, r["texts"]) for r in q_runs}}
-    text = report(meta, runs, quality, args.batch) if runs else report_quality_only(meta, quality)
+    text = report(meta, runs, quality, args.batch, peer_runs) if runs else report_quality_only(meta, quality)
     rows = targets(runs, args.batch, args.device, eligible_modes(quality)) if runs else []
-    (args.out / "bench.json").write_text(json.dumps({"meta": meta, "runs": runs, "quality": quality,
-                                                     "targets": rows}, indent=1))
+    (args.out / "bench.json").write_text(json.dumps({"meta": meta, "runs": runs, "peer_runs": peer_runs,
+                                                     "quality": quality, "targets": rows}, indent=1))
     (args.out / "bench.md").write_text(text)
     print(text)
 
