@@ -113,19 +113,27 @@ def entry(index: int, fields: dict, path: str) -> Entry:
                  duration or 0.0)
 
 
-def read_manifest_lines(path: Path) -> list[tuple[dict, str]]:
-    """A NeMo manifest's entries (JSON lines, or one JSON list of objects) with their resolved audio paths."""
+def read_json_records(path: Path) -> list:
+    """The values of a JSON-lines file, or of one JSON document (a list: its items); ``ValueError`` naming the
+    first line that is not JSON. NeMo manifests and the Qwen2-VL adapter's data files are both written either way."""
     text = path.read_text(encoding="utf-8")
     try:
         whole = json.loads(text)
-        lines = whole if isinstance(whole, list) else [whole]
+        return whole if isinstance(whole, list) else [whole]
     except json.JSONDecodeError:
-        lines = []
-        for n, line in enumerate(text.splitlines(), 1):
-            try:
-                lines += [json.loads(line)] if line.strip() else []
-            except json.JSONDecodeError as err:
-                raise ValueError(f"line {n} is not JSON ({err.msg})") from None
+        pass
+    records = []
+    for n, line in enumerate(text.splitlines(), 1):
+        try:
+            records += [json.loads(line)] if line.strip() else []
+        except json.JSONDecodeError as err:
+            raise ValueError(f"line {n} is not JSON ({err.msg})") from None
+    return records
+
+
+def read_manifest_lines(path: Path) -> list[tuple[dict, str]]:
+    """A NeMo manifest's entries (JSON lines, or one JSON list of objects) with their resolved audio paths."""
+    lines = read_json_records(path)
     out = []
     for n, fields in enumerate(lines, 1):
         if not isinstance(fields, dict) or "audio_filepath" not in fields:

@@ -98,17 +98,9 @@ def _progress(items: Iterable, total: int | None, quiet: bool) -> Iterator:
 def read_seed_records(path: Path) -> list[dict]:
     """The records of a seed JSON file: a JSON list of objects, or one object a line; ``ValueError`` naming the
     problem otherwise."""
-    text = path.read_text(encoding="utf-8")
-    try:
-        whole = json.loads(text)
-        records = whole if isinstance(whole, list) else [whole]
-    except json.JSONDecodeError:
-        records = []
-        for n, line in enumerate(text.splitlines(), 1):
-            try:
-                records += [json.loads(line)] if line.strip() else []
-            except json.JSONDecodeError as err:
-                raise ValueError(f"line {n} is not JSON ({err.msg})") from None
+    from .corpus import read_json_records  # here, not at the top: `nemo-lite --help` builds this module's parser
+
+    records = read_json_records(path)
     bad = next((n for n, r in enumerate(records, 1) if not isinstance(r, dict)), None)
     if bad is not None:
         raise ValueError(f"record {bad} is not a JSON object")
