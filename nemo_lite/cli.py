@@ -362,6 +362,9 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--max-chunk-seconds", type=float,
                    help="longest audio decoded as one window (default: the model's, 40 s for Canary-Qwen); longer "
                         "uploads are cut into speech segments")
+    p.add_argument("--model-process", action=argparse.BooleanOptionalAction, default=True,
+                   help="run the model in a process of its own, so it does not share the GIL with the HTTP side "
+                        "(default; --no-model-process: a thread of the server's process)")
     p.set_defaults(func=cmd_serve)
     return p
 

@@ -87,6 +87,13 @@ def plan(path: str, chunk: ChunkOptions, timestamps: bool = False) -> Planned:
     return Planned(x, plan_windows(x, opts, timestamps), x.length if isinstance(x, LongAudio) else len(x))
 
 
+def window_samples(planned: Planned, k: int) -> np.ndarray:
+    """Window ``k`` of a checked input: a slice of its samples, or read from its long file (in window order)."""
+    start, end = planned.windows[k]
+    x = planned.loaded
+    return x.read(start, end) if isinstance(x, LongAudio) else x[start:end]
+
+
 def load_clip(data: bytes) -> np.ndarray:
     """An audio file's bytes (chat ``input_audio``) -> 16 kHz samples. Raises :class:`AudioError`."""
     return load_audio(data)
@@ -115,19 +122,14 @@ class Engine:
     def transcribe_windows(self, rows: list[tuple[Planned, int]]) -> list[str]:
         """One decoding batch of windows ``(input, window index)``, from any number of inputs -> text per row.
 
-        Windows of one long input must come in order (its file is read front to back).
-        """
-        loaded: list[Loaded | None] = []
-        index: dict[int, int] = {}
-        windows = []
-        for planned, k in rows:
-            if id(planned) not in index:
-                index[id(planned)] = len(loaded)
-                loaded.append(planned.loaded)
-            start, end = planned.windows[k]
-            windows.append(_Window(index[id(planned)], start, end))
+        Windows of one long input must come in order (its file is read front to back)."""
+        return self.transcribe_clips([window_samples(planned, k) for planned, k in rows])
+
+    def transcribe_clips(self, clips: list[np.ndarray]) -> list[str]:
+        """One decoding batch of windows' 16 kHz samples -> text per clip (what the model process receives)."""
+        windows = [_Window(i, 0, len(c)) for i, c in enumerate(clips)]
         opts = TranscribeOptions(batch_size=len(windows), max_new_tokens=self.max_new_tokens, chunk=self.chunk)
-        return decode_windows(self.model, loaded, windows, opts)
+        return decode_windows(self.model, list(clips), windows, opts)
 
     def generate(self, rows: list[ChatRow]) -> list[Answer]:
         """One batch of chat rows (all with audio, or all without) -> an answer per row, cut to the row's budget.

@@ -41,6 +41,11 @@ def _noop() -> None:
     pass
 
 
+class EngineLost(RuntimeError):
+    """The engine can run no batch any more (its model process died): the scheduler fails what is queued and
+    reports a fatal error instead of retrying rows one by one."""
+
+
 @dataclass(eq=False)
 class AsrJob:
     planned: Planned  # the checked input and its windows
@@ -147,11 +152,43 @@ class Scheduler:
             if self._on_fatal:
                 self._on_fatal(self.error or "the model could not be loaded")
             return
-        while (batches := self._next_batches()) is not None:
-            for kind, rows in batches:
-                self._run_batch(kind, rows)
-            with self._cond:
-                self._release_finished()
+        engine, batches = self.engine, []
+        try:
+            while (batches := self._next_batches()) is not None:
+                while batches:
+                    self._run_batch(*batches[0])
+                    batches.pop(0)
+                with self._cond:
+                    self._release_finished()
+        except EngineLost as err:
+            # chat rows taken for a batch that did not run have left the queues: fail them here
+            self._lost(str(err), [j for kind, rows in batches or [] if kind != "asr" for j in rows])
+        finally:
+            close = getattr(engine, "close", None)  # a model process: let it exit
+            if close is not None:
+                close()
+
+    def _lost(self, why: str, taken: list[ChatJob]) -> None:
+        """The engine is gone: every queued job (and ``taken``, chat rows of batches that did not run) fails with
+        ``why``, new work is refused, the server is told."""
+        log.error("%s; failing queued requests and stopping", why)
+        self.error, self.engine = why, None  # /health and new requests: 503 with the reason
+        with self._cond:
+            self._stopping = True
+            jobs = list(self._asr) + [j for q in self._chat.values() for j in q] + taken
+            self._chat[True].clear()
+            self._chat[False].clear()
+        for job in jobs:
+            if isinstance(job, AsrJob):
+                if not job.finished:
+                    job.failed = True
+                    _call(job.on_error, why)
+            elif not job.cancelled:
+                _call(job.on_error, why)
+        with self._cond:
+            self._release_finished()
+        if self._on_fatal:
+            self._on_fatal(why)
 
     def _next_batches(self) -> list[tuple[str, list]] | None:
         """Wait for work, then take one batch per kind; None once stopping and idle."""
@@ -276,6 +313,8 @@ def _each_or_alone(run: Callable[[list], list], rows: list) -> list:
     """``run(rows)``; if the batch raises, each row alone, so only the rows that fail by themselves fail."""
     try:
         return run(rows)
+    except EngineLost:
+        raise
     except Exception as err:  # noqa: BLE001  (a request's failure must not take the worker down)
         if len(rows) == 1:
             log.exception("a decoding row failed")

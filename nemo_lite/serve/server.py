@@ -17,6 +17,7 @@ from ..longform import ChunkOptions
 from ..terminal import EXIT_OK, EXIT_SETUP
 from .app import ServeConfig, create_app
 from .engine import Engine
+from .worker import ModelProcess
 
 API_KEY_ENV = "NEMO_LITE_API_KEY"
 # The model worker gives up the GIL in every torch op and waits to take it back while the HTTP threads run Python;
@@ -53,9 +54,13 @@ def run(args: argparse.Namespace) -> int:
             return EXIT_SETUP
     failed = threading.Event()
 
-    def load() -> Engine:
+    def load() -> Engine | ModelProcess:
         from ..terminal import SetupError
 
+        if args.model_process:
+            engine = ModelProcess(args, config.chunk, max_new_tokens=args.max_new_tokens)
+            config.chunk = engine.chunk
+            return engine
         try:
             model = load_model(args)
         except SetupError as err:  # the loader's one-line reason, then the worker reports the failure
