@@ -113,10 +113,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(args: argparse.Namespace, batch: int) -> tuple[subprocess.Popen, str]:
+def start_server(args: argparse.Namespace, batch: int, model_process: bool = True) -> tuple[subprocess.Popen, str]:
     port = free_port()
     cmd = [sys.executable, "-m", "nemo_lite.cli", "serve", "--model", args.model, "--port", str(port),
-           "--max-batch-size", str(batch), "--batch-wait-ms", str(args.batch_wait_ms), "--max-queue", "1024"]
+           "--max-batch-size", str(batch), "--batch-wait-ms", str(args.batch_wait_ms), "--max-queue", "1024",
+           "--model-process" if model_process else "--no-model-process"]
     cmd += _model_flags(args) + (["--threads", str(args.threads)] if args.threads else [])
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env(args))
     url = f"http://127.0.0.1:{port}"
@@ -145,12 +146,24 @@ def batch_metrics(url: str) -> tuple[float, float, float]:
 
 
 def cpu_seconds(pid: int | None) -> float | None:
-    """User + system CPU time of a local process (Linux /proc), None elsewhere."""
+    """User + system CPU time of a local process and its live descendants (the server's model process) (Linux
+    /proc), None elsewhere."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, TypeError):
         return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return own + sum(cpu_seconds(child) or 0.0 for child in _children(pid))
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return out
 
 
 def client_run(url: str, files: list[Path], durations: dict[Path, float], clients: int, setting: str,
@@ -266,6 +279,9 @@ def main() -> None:
                         "sustained load rather than the first burst, whose arrival fills the first batch partly)")
     p.add_argument("--clients", default="1,4,16", help="client levels (default %(default)s)")
     p.add_argument("--off-clients", default="1,16", help="client levels with --max-batch-size 1 (default %(default)s)")
+    p.add_argument("--thread-clients", default="",
+                   help="client levels with the model in the server's own process (--no-model-process), batching on "
+                        "(default: none)")
     p.add_argument("--repeat", type=int, default=2, help="runs per measurement, the best kept (default %(default)s)")
     p.add_argument("--batch", type=int, default=8, help="server --max-batch-size and CLI --batch-size")
     p.add_argument("--batch-wait-ms", type=float, default=10.0)
@@ -297,14 +313,16 @@ def main() -> None:
             baseline = cli_run(args, [shortest], args.batch).cpu  # imports + model load + one short row
             clis = [cli_run(args, files, args.batch, baseline)]  # before and after the servers: the best counts
             off_levels = [int(c) for c in args.off_clients.split(",") if c.strip()]
-            for batch, batch_levels in ((args.batch, levels), (1, off_levels)):
+            thread_levels = [int(c) for c in args.thread_clients.split(",") if c.strip()]
+            for batch, batch_levels, own in ((args.batch, levels, True), (args.batch, thread_levels, False),
+                                             (1, off_levels, True)):
                 if not batch_levels:
                     continue
-                proc, url = start_server(args, batch)
+                proc, url = start_server(args, batch, own)
                 try:
                     client_run(url, files[:2], durations, 1, "warm-up", None)
                     for n in batch_levels:
-                        setting = f"serve, --max-batch-size {batch}"
+                        setting = f"serve, --max-batch-size {batch}" + ("" if own else ", --no-model-process")
                         runs.append(best(partial(client_run, url, files, durations, n, setting, None, proc.pid),
                                          args.repeat))
                         print(runs[-1].row(None), file=sys.stderr)
