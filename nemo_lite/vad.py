@@ -38,6 +38,7 @@ Threads: nothing here sets torch's thread count; the model runs with whatever th
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -157,6 +158,7 @@ def load_vad_model(path: str | Path | None = None) -> SileroVAD:
 
 
 _MODEL: SileroVAD | None = None  # the model cached by default_vad_model(); cleared by clear_vad_cache()
+_MODEL_LOCK = threading.Lock()
 
 
 def default_vad_model() -> SileroVAD:
@@ -165,8 +167,9 @@ def default_vad_model() -> SileroVAD:
     Callers that want to own the model call :func:`load_vad_model` and pass it on instead.
     """
     global _MODEL
-    if _MODEL is None:
-        _MODEL = load_vad_model()
+    with _MODEL_LOCK:  # the server checks uploads on several threads: load once, not once per thread
+        if _MODEL is None:
+            _MODEL = load_vad_model()
     return _MODEL
 
 

@@ -3,7 +3,9 @@
 Everything else in the server (scheduler, HTTP routes, page) talks to :class:`Engine`, so when the core's
 speech-LM interface changes only this file follows it. By default the engine lives in the model process
 (:mod:`.worker`), which receives each batch's window samples (:func:`window_samples`, read on the server's side)
-and runs :meth:`Engine.transcribe_clips`; with ``--no-model-process`` it runs on the scheduler's worker thread. The engine adds no decoding of its own: ASR rows go through
+and runs :meth:`Engine.transcribe_clips`; with ``--no-model-process`` it runs on the scheduler's worker thread.
+
+The engine adds no decoding of its own: ASR rows go through
 the same transcription functions as ``CanaryQwen.transcribe`` and the CLI (:func:`~nemo_lite.transcription.load_all`
 to check an input and cut its windows, :func:`~nemo_lite.transcription.decode_windows` to decode one batch of
 windows), chat rows through ``model.generate``. A batch may mix rows of several requests; each row is cut to its
