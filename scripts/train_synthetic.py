@@ -37,26 +37,32 @@ Torch runs on one thread (``--threads``): for models this small it is the fastes
 cores other processes also use, two OpenMP threads spin-waiting for each other ran a step 50x slower.
 ``--frames 200`` (4 s windows) runs the same recipe ~4x faster per step (b1: 0.025 s instead of 0.107 s).
 
-Canary-Qwen (``--architecture canary_qwen``): a random FastConformer (:data:`TINY_FASTCONFORMER`: 4 layers,
-width 128, NeMo's 8x dw_striding subsampling and 128 mel features) + the same tiny Qwen3 (the two scalings above),
-written as an ordinary hub-layout checkpoint (``WORK/canary/``, the LLM config and tokenizer in its
-``llm_backbone/``) with a LoRA of rank 64 on every attention and MLP projection, ``lora_B`` zero (the test recipe
-makes it random). Both stages train the encoder (``train_encoder``); stage 2 also the LoRA, at lr 1e-3 (at 600
-steps: loss 4.5 at 1e-3, 5.7 at 2e-3). The encoder's residual branches (their last layers: ``linear_out``, the
-FFs' ``linear2``, ``pointwise_conv2``) are scaled by ``testing.RANDOM_BRANCH_SCALE`` as the Whisper's are: at the
-plain random init each layer pulls the frames of different clips together (cosine between the same frame of two
-clips 0.67 after the subsampling, 0.95 after 4 layers; 0.73 with the scaling). **This recipe does not yet reach a
-low WER**: a run without the scaling (6000 stage-2 steps, 23 min) learned the sentences as a language model but
-not from the audio (training WER 85 %; its audio embeddings had cosine 0.97 between different clips and 23x the
-text embeddings' norm); with it, the stage-2 loss over the first 2500 steps was the same (2.74 vs 2.68 at
-steps 2250-2500; stopped there). Clips are not padded to a window (the FastConformer
-takes any length): a 2 s clip is 25 encoder frames, a step 0.15-0.25 s on one thread. Stage 2 exports bf16,
-the hub's file dtype, so the speed modes are scored against an exact mode that reads what a real checkpoint holds.
+Canary-Qwen (``--architecture canary_qwen``): a random FastConformer (:data:`TINY_FASTCONFORMER`: 4 layers, width
+128, NeMo's 8x dw_striding subsampling and 128 mel features) + the same tiny Qwen3 (the two scalings above), written
+as an ordinary hub-layout checkpoint (``WORK/canary/``, the LLM config and tokenizer in its ``llm_backbone/``) with
+a LoRA of rank 64 on every attention and MLP projection, ``lora_B`` zero (the test recipe makes it random). The
+encoder's residual branches (their last layers: ``linear_out``, the FFs' ``linear2``, ``pointwise_conv2``) are
+scaled by ``testing.RANDOM_BRANCH_SCALE`` as the Whisper's are: at the plain random init each layer pulls the frames
+of different clips together (cosine between the same frame of two clips 0.67 after the subsampling, 0.95 after 4
+layers; 0.73 with the scaling). Three runs (:data:`CANARY_STAGES`): stage 1 the projector (40 steps of 8), stage 2
+the projector + LoRA at lr 1e-3 (6000 steps of one clip), both with the encoder frozen; stage 3 (a stage-2 run from
+stage 2's model) the encoder + projector + LoRA at lr 1e-4 for ``ENCODER_STEPS``, exported bf16, the hub's file
+dtype, so the speed modes are scored against an exact mode that reads what a real checkpoint holds. Why the encoder
+waits (short runs on the 64 clips, teacher-forced loss with each clip's own audio vs the audio shuffled between
+clips): trained from the start at lr 1e-3, as the first recipe did, the encoder collapses while the LM loss is still
+large. After stage 1 (projector + encoder) the projected frames of different clips had cosine 0.996 (0.73 at init);
+trained from stage 2's start instead, 1.000 after 600 steps; the first recipe's run (6000 steps, 23 min) learned the
+sentences as a language model, training WER 85 %. Frozen for 1200 steps, then 600 more: own vs shuffled audio 2.55
+vs 3.87 before; encoder trained at lr 1e-4 2.12 vs 4.07 (frames 0.83 apart, WER 66 %), at 3e-4 loss 2.29, at 1e-3
+collapsed again (cosine 1.000, WER 108 %); frozen at lr 1e-4 2.20 vs 3.96 (WER 63 %), so at this stage the trained
+encoder is not yet better than the random one, it has only stopped being worse. Clips are not padded to a window
+(the FastConformer takes any length): a 2 s clip is 25 encoder frames, a step 0.15-0.25 s on one thread (0.3-0.4 s
+with the encoder training).
 
-Both stages are written as config files first, ``WORK/stage1.json`` and ``WORK/stage2.json`` (TrainConfig fields,
-absolute paths, ``threads`` included), and trained from them, so ``nemo-lite train --config`` on those files is
-the same recipe. ``--manifest`` trains on your own NeMo JSONL manifest instead of the espeak-ng set;
-``--prepare-only`` writes the backbones and the two configs and prints the commands that train and score them:
+The stages are written as config files first, ``WORK/stage1.json``, ``WORK/stage2.json`` (and ``stage3.json``)
+(TrainConfig fields, absolute paths, ``threads`` included), and trained from them, so ``nemo-lite train --config``
+on those files is the same recipe. ``--manifest`` trains on your own NeMo JSONL manifest instead of the espeak-ng
+set; ``--prepare-only`` writes the backbones and the configs and prints the commands that train and score them:
 
     python scripts/train_synthetic.py [--work /tmp/nemo_lite_synthetic] [--docs docs]
     python scripts/train_synthetic.py --architecture canary_qwen --work /work/tiny_canary_trained
