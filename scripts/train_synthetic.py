@@ -37,26 +37,32 @@ Torch runs on one thread (``--threads``): for models this small it is the fastes
 cores other processes also use, two OpenMP threads spin-waiting for each other ran a step 50x slower.
 ``--frames 200`` (4 s windows) runs the same recipe ~4x faster per step (b1: 0.025 s instead of 0.107 s).
 
-Canary-Qwen (``--architecture canary_qwen``): a random FastConformer (:data:`TINY_FASTCONFORMER`: 4 layers,
-width 128, NeMo's 8x dw_striding subsampling and 128 mel features) + the same tiny Qwen3 (the two scalings above),
-written as an ordinary hub-layout checkpoint (``WORK/canary/``, the LLM config and tokenizer in its
-``llm_backbone/``) with a LoRA of rank 64 on every attention and MLP projection, ``lora_B`` zero (the test recipe
-makes it random). Both stages train the encoder (``train_encoder``); stage 2 also the LoRA, at lr 1e-3 (at 600
-steps: loss 4.5 at 1e-3, 5.7 at 2e-3). The encoder's residual branches (their last layers: ``linear_out``, the
-FFs' ``linear2``, ``pointwise_conv2``) are scaled by ``testing.RANDOM_BRANCH_SCALE`` as the Whisper's are: at the
-plain random init each layer pulls the frames of different clips together (cosine between the same frame of two
-clips 0.67 after the subsampling, 0.95 after 4 layers; 0.73 with the scaling). **This recipe does not yet reach a
-low WER**: a run without the scaling (6000 stage-2 steps, 23 min) learned the sentences as a language model but
-not from the audio (training WER 85 %; its audio embeddings had cosine 0.97 between different clips and 23x the
-text embeddings' norm); with it, the stage-2 loss over the first 2500 steps was the same (2.74 vs 2.68 at
-steps 2250-2500; stopped there). Clips are not padded to a window (the FastConformer
-takes any length): a 2 s clip is 25 encoder frames, a step 0.15-0.25 s on one thread. Stage 2 exports bf16,
-the hub's file dtype, so the speed modes are scored against an exact mode that reads what a real checkpoint holds.
+Canary-Qwen (``--architecture canary_qwen``): a random FastConformer (:data:`TINY_FASTCONFORMER`: 4 layers, width
+128, NeMo's 8x dw_striding subsampling and 128 mel features) + the same tiny Qwen3 (the two scalings above), written
+as an ordinary hub-layout checkpoint (``WORK/canary/``, the LLM config and tokenizer in its ``llm_backbone/``) with
+a LoRA of rank 64 on every attention and MLP projection, ``lora_B`` zero (the test recipe makes it random). The
+encoder's residual branches (their last layers: ``linear_out``, the FFs' ``linear2``, ``pointwise_conv2``) are
+scaled by ``testing.RANDOM_BRANCH_SCALE`` as the Whisper's are: at the plain random init each layer pulls the frames
+of different clips together (cosine between the same frame of two clips 0.67 after the subsampling, 0.95 after 4
+layers; 0.73 with the scaling). Three runs (:data:`CANARY_STAGES`): stage 1 the projector (40 steps of 8), stage 2
+the projector + LoRA at lr 1e-3 (6000 steps of one clip), both with the encoder frozen; stage 3 (a stage-2 run from
+stage 2's model) the encoder + projector + LoRA at lr 1e-4 for ``ENCODER_STEPS``, exported bf16, the hub's file
+dtype, so the speed modes are scored against an exact mode that reads what a real checkpoint holds. Why the encoder
+waits (short runs on the 64 clips, teacher-forced loss with each clip's own audio vs the audio shuffled between
+clips): trained from the start at lr 1e-3, as the first recipe did, the encoder collapses while the LM loss is still
+large. After stage 1 (projector + encoder) the projected frames of different clips had cosine 0.996 (0.73 at init);
+trained from stage 2's start instead, 1.000 after 600 steps; the first recipe's run (6000 steps, 23 min) learned the
+sentences as a language model, training WER 85 %. Frozen for 1200 steps, then 600 more: own vs shuffled audio 2.55
+vs 3.87 before; encoder trained at lr 1e-4 2.12 vs 4.07 (frames 0.83 apart, WER 66 %), at 3e-4 loss 2.29, at 1e-3
+collapsed again (cosine 1.000, WER 108 %); frozen at lr 1e-4 2.20 vs 3.96 (WER 63 %), so at this stage the trained
+encoder is not yet better than the random one, it has only stopped being worse. Clips are not padded to a window
+(the FastConformer takes any length): a 2 s clip is 25 encoder frames, a step 0.15-0.25 s on one thread (0.3-0.4 s
+with the encoder training).
 
-Both stages are written as config files first, ``WORK/stage1.json`` and ``WORK/stage2.json`` (TrainConfig fields,
-absolute paths, ``threads`` included), and trained from them, so ``nemo-lite train --config`` on those files is
-the same recipe. ``--manifest`` trains on your own NeMo JSONL manifest instead of the espeak-ng set;
-``--prepare-only`` writes the backbones and the two configs and prints the commands that train and score them:
+The stages are written as config files first, ``WORK/stage1.json``, ``WORK/stage2.json`` (and ``stage3.json``)
+(TrainConfig fields, absolute paths, ``threads`` included), and trained from them, so ``nemo-lite train --config``
+on those files is the same recipe. ``--manifest`` trains on your own NeMo JSONL manifest instead of the espeak-ng
+set; ``--prepare-only`` writes the backbones and the configs and prints the commands that train and score them:
 
     python scripts/train_synthetic.py [--work /tmp/nemo_lite_synthetic] [--docs docs]
     python scripts/train_synthetic.py --architecture canary_qwen --work /work/tiny_canary_trained
@@ -114,12 +120,16 @@ STAGES = {  # the two runs; shared keys in COMMON (a stage's own value wins)
         "lora_dropout": 0.0},
 }
 # Canary-Qwen (--architecture canary_qwen): the FastConformer and LoRA of the random checkpoint, and what each
-# stage changes in STAGES (the encoder trains in both; stage 2 fine-tunes the checkpoint's own LoRA).
+# stage changes in STAGES. Stages 1-2 keep the encoder frozen (at lr 1e-3 it collapsed: see the module docstring);
+# stage 3, a stage-2 run from stage 2's model, trains it with the projector and LoRA at a tenth of the rate.
 TINY_FASTCONFORMER = {"n_layers": 4, "d_model": 128, "n_heads": 4, "subsampling_conv_channels": 128}
 CANARY_LORA = {"r": 64, "lora_alpha": 128, "lora_dropout": 0.0,
                "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
-CANARY_STAGES = {1: {"train_encoder": True},
-                 2: {"train_encoder": True, "lr": 1e-3, "export_dtype": "bfloat16"}}
+ENCODER_STEPS = 1000  # stage 3's steps (one utterance each)
+CANARY_STAGES = {1: {"train_encoder": False},
+                 2: {"train_encoder": False, "lr": 1e-3},
+                 3: {"stage": 2, "train_encoder": True, "lr": 1e-4, "max_steps": ENCODER_STEPS,
+                     "export_dtype": "bfloat16"}}
 ENCODER_LAYERS = "perception.encoder.layers."  # the FastConformer's layers in the checkpoint
 ENCODER_BRANCH_OUTPUTS = ("linear_out", "linear2", "pointwise_conv2")  # each residual branch's last layer
 WHISPER_ONLY = ("lora_r", "lora_alpha", "lora_dropout")  # a new adapter's settings: Canary-Qwen keeps its own
@@ -198,23 +208,30 @@ def make_canary(root: Path) -> Path:
 
 def write_configs(root: Path, manifest: Path, utterances: int, backbones: dict[str, str], threads: int,
                   architecture: str = "whisper_llm") -> dict[int, Path]:
-    """``root/stage1.json`` and ``root/stage2.json``: the two runs as TrainConfig files with absolute paths; stage 2
-    starts from the model stage 1 saves (``root/stage1/model``). ``backbones``: stage 1's sources (``whisper`` and
-    ``llm``, or a Canary-Qwen ``model``)."""
+    """``root/stage1.json``, ``root/stage2.json`` (and for canary_qwen ``root/stage3.json``): the runs as TrainConfig
+    files with absolute paths; each stage starts from the model the one before saves (``root/stage1/model``...).
+    ``backbones``: stage 1's sources (``whisper`` and ``llm``, or a Canary-Qwen ``model``)."""
     root = root.resolve()
     sources = {1: {k: str(Path(v).resolve()) for k, v in backbones.items()},
                2: {"model": str(root / "stage1" / FINAL_MODEL_DIR), "max_steps": stage2_steps(utterances)}}
+    if architecture == "canary_qwen":
+        sources[3] = {"model": str(root / "stage2" / FINAL_MODEL_DIR)}
     paths = {}
     for stage, source in sources.items():
-        stage_cfg = STAGES[stage]
-        if architecture == "canary_qwen":
-            stage_cfg = {k: v for k, v in stage_cfg.items() if k not in WHISPER_ONLY} | CANARY_STAGES[stage]
+        stage_cfg = stage_settings(stage, architecture)
         raw = {"architecture": architecture, "train_manifest": str(manifest.resolve()),
                "output_dir": str(root / f"stage{stage}"), **COMMON, **stage_cfg, **source, "threads": threads}
         TrainConfig.from_dict(raw)  # fail here, not in the follow-up command
         paths[stage] = root / f"stage{stage}.json"
         paths[stage].write_text(json.dumps(raw, indent=1) + "\n")
     return paths
+
+
+def stage_settings(stage: int, architecture: str) -> dict:
+    """A stage's TrainConfig fields beyond COMMON; canary_qwen's stage 3 starts from stage 2's (its max_steps wins)."""
+    if architecture != "canary_qwen":
+        return STAGES[stage]
+    return {k: v for k, v in STAGES[min(stage, 2)].items() if k not in WHISPER_ONLY} | CANARY_STAGES[stage]
 
 
 def run_stage(stage: int, config: Path, manifest: Path, root: Path) -> dict:
@@ -227,7 +244,7 @@ def run_stage(stage: int, config: Path, manifest: Path, root: Path) -> dict:
                       max_new_tokens=MAX_NEW_TOKENS)
     print(f"stage {stage}: loss {result.losses[0]:.3f} -> {result.losses[-1]:.3f} in {result.steps} steps, "
           f"{train_wall:.0f} s; training-set WER {100 * scores.wer:.1f} %, CER {100 * scores.cer:.1f} %")
-    keys = {*STAGES[stage], *CANARY_STAGES[stage], *COMMON, "max_steps"}
+    keys = {*STAGES[min(stage, 2)], *CANARY_STAGES[stage], *COMMON, "max_steps"}
     return {"config": {k: v for k, v in asdict(cfg).items() if k in keys},
             "losses": result.losses, "loss_first5": _mean(result.losses[:5]), "loss_last5": _mean(result.losses[-5:]),
             "train_seconds": round(train_wall, 1), "wer": scores.wer, "cer": scores.cer,
@@ -235,12 +252,11 @@ def run_stage(stage: int, config: Path, manifest: Path, root: Path) -> dict:
 
 
 def follow_up(configs: dict[int, Path], manifest: Path) -> str:
-    """The commands that train both stages from the written configs and score stage 2 on the manifest."""
+    """The commands that train every stage from the written configs and score the last one on the manifest."""
     q = shlex.quote
-    cfg = load_train_config(configs[2])
+    cfg = load_train_config(configs[max(configs)])
     threads = f" --threads {cfg.threads}" if cfg.threads else ""
-    return "\n".join([f"nemo-lite train --config {q(str(configs[1]))}",
-                      f"nemo-lite train --config {q(str(configs[2]))}",
+    return "\n".join([*(f"nemo-lite train --config {q(str(path))}" for path in configs.values()),
                       f"nemo-lite eval {q(str(manifest))} --model {q(str(Path(cfg.output_dir) / FINAL_MODEL_DIR))}"
                       f"{threads}"])
 
@@ -257,8 +273,7 @@ def plot(report: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4))
     offset = 0
-    for stage in ("1", "2"):
-        run = report["stages"][stage]
+    for stage, run in report["stages"].items():
         losses = run["losses"]
         steps = range(offset + 1, offset + len(losses) + 1)
         line, = ax.plot(steps, losses, alpha=0.25, linewidth=0.5)  # per step (batch 1 in stage 2: noisy)
@@ -266,7 +281,7 @@ def plot(report: dict, path: Path) -> None:
         ax.plot(steps, smooth, color=line.get_color(),
                 label=f"stage {stage}, mean of {SMOOTH_STEPS} steps (WER after: {100 * run['wer']:.1f} %)")
         offset += len(losses)
-    ax.set_xlabel("optimizer step (stage 2 continues from stage 1)")
+    ax.set_xlabel("optimizer step (each stage continues from the one before)")
     ax.set_ylabel("training loss (answer tokens)")
     ax.set_yscale("log")
     encoder = "FastConformer (trained)" if report.get("architecture") == "canary_qwen" else "Whisper"
@@ -329,8 +344,8 @@ def main() -> None:
         report.update(encoder=TINY_FASTCONFORMER, lora=CANARY_LORA)
     else:
         report.update(window_frames=frames, window_seconds=frames / FRAMES_PER_SECOND)
-    for stage in (1, 2):
-        report["stages"][str(stage)] = run_stage(stage, configs[stage], manifest, root)
+    for stage, config in configs.items():
+        report["stages"][str(stage)] = run_stage(stage, config, manifest, root)
     report["total_seconds"] = round(time.perf_counter() - t0, 1)
     curves = docs / ("training_curves_canary_qwen.json" if canary else "training_curves.json")
     curves.write_text(json.dumps(report, indent=1))

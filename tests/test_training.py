@@ -292,8 +292,8 @@ def test_train_synthetic_prepare_only_writes_the_documented_recipe(manifest, tmp
 def test_train_synthetic_canary_qwen_recipe(manifest, tmp_path):
     """``scripts/train_synthetic.py --architecture canary_qwen --prepare-only``: a hub-layout tiny Canary-Qwen
     (wider FastConformer via ``tiny_salm_config``'s overrides, learnable LLM scalings, zero ``lora_B``) that
-    ``from_pretrained`` loads, and two configs that train the encoder; one step of each stage gives a model that
-    loads again."""
+    ``from_pretrained`` loads, and three configs (projector; + LoRA; + encoder at a lower rate, exported bf16),
+    each starting from the model the one before saves; one step of each stage gives a model that loads again."""
     from safetensors.torch import load_file
 
     import nemo_lite
@@ -304,9 +304,12 @@ def test_train_synthetic_canary_qwen_recipe(manifest, tmp_path):
                           "--manifest", str(manifest), "--work", str(work)], capture_output=True, text=True,
                          timeout=120)
     assert res.returncode == 0, res.stderr
-    cfg1, cfg2 = load_train_config(work / "stage1.json"), load_train_config(work / "stage2.json")
-    assert (cfg1.architecture, cfg1.train_encoder, cfg2.train_encoder) == ("canary_qwen", True, True)
-    assert cfg2.export_dtype == "bfloat16" and cfg2.model == str(work / "stage1" / "model")
+    cfg1, cfg2, cfg3 = (load_train_config(work / f"stage{i}.json") for i in (1, 2, 3))
+    assert (cfg1.architecture, cfg1.train_encoder, cfg2.train_encoder, cfg3.train_encoder) == (
+        "canary_qwen", False, False, True)
+    assert (cfg2.stage, cfg3.stage, cfg3.export_dtype) == (2, 2, "bfloat16") and cfg3.lr < cfg2.lr
+    assert cfg2.model == str(work / "stage1" / "model") and cfg3.model == str(work / "stage2" / "model")
+    assert f"nemo-lite train --config {work / 'stage3.json'}" in res.stdout.splitlines()
     salm = json.loads((Path(cfg1.model) / "config.json").read_text())
     encoder = salm["perception"]["encoder"]
     assert (encoder["n_layers"], encoder["d_model"], salm["perception"]["modality_adapter"]["d_model"]) == (4, 128, 128)
@@ -317,8 +320,9 @@ def test_train_synthetic_canary_qwen_recipe(manifest, tmp_path):
     assert isinstance(nemo_lite.from_pretrained(cfg1.model), nemo_lite.CanaryQwen)
     short = {"max_steps": 1, "warmup_steps": 0, "batch_size": 2, "progress": False}
     train(TrainConfig.from_dict({**asdict(cfg1), **short}))
-    stage2 = train(TrainConfig.from_dict({**asdict(cfg2), **short}))
-    model = nemo_lite.from_pretrained(stage2.model_dir)
+    train(TrainConfig.from_dict({**asdict(cfg2), **short}))
+    stage3 = train(TrainConfig.from_dict({**asdict(cfg3), **short}))
+    model = nemo_lite.from_pretrained(stage3.model_dir)
     assert isinstance(model, nemo_lite.CanaryQwen) and model.cfg.encoder.d_model == 128
 
 
