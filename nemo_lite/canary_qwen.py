@@ -115,7 +115,10 @@ class CanaryQwen(SpeechLM):
         if prequant.is_quantized_dir(name_or_path):  # `nemo-lite quantize` output: memory-mapped, nothing to do
             return prequant.load_quantized(cls, Path(name_or_path).expanduser(), opts, llm_path)
         device = check_device(opts.torch_device)
-        dtype, encoder_dtype = opts.compute_dtype, opts.encoder_compute_dtype
+        # Weights are read in the at-rest dtype where the plan has one (bf16 without native bf16 compute) and
+        # widened per layer after loading (SpeechLM._hold_at_rest); encoder_dtype is then unset (LoadOptions).
+        dtype = opts.load_dtype
+        encoder_dtype = dtype if opts.plan.rest else opts.encoder_compute_dtype
         ckpt = resolve_checkpoint(name_or_path)
         cfg = SALMConfig.from_nemo(local_artifacts(ckpt, read_config(ckpt)))
         llm_config, tokenizer = load_llm_config_and_tokenizer(cfg.pretrained_llm, cfg.tokenizer_path, llm_path,
