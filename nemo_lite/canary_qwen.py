@@ -103,7 +103,8 @@ class CanaryQwen(SpeechLM):
         ``llm_path``: where the LLM config + tokenizer live when the checkpoint's ``pretrained_llm`` (e.g.
         ``Qwen/Qwen3-1.7B``) cannot be reached.
 
-        Modes (see :mod:`nemo_lite.options` and :mod:`nemo_lite.speed`): ``dtype="bf16"`` halves weight memory;
+        Modes (see :mod:`nemo_lite.options` and :mod:`nemo_lite.speed`): ``dtype="bf16"`` halves weight memory (computed
+        fp32 on the bf16 weights where the CPU has no native bf16: :func:`nemo_lite.runtime.compute_plan`);
         ``quantize="int8"`` (CPU) quantizes the LLM's linear layers, ``"int8-all"`` the FastConformer's too;
         ``merge_lora=True`` folds LoRA into the weights for ASR and unfolds it for LLM mode; ``compact_encoder``
         (default: on when computing fp32 from a bf16 file) holds the FastConformer layers in the file's dtype and

@@ -356,12 +356,13 @@ class SpeechLM(nn.Module):
         """Loaded in ``rest`` (bf16): keep the large weights so (the encoder layers' and the LLM's linear layers,
         its embedding table) and widen each to ``compute`` (fp32) per call; the rest (norms, the subsampling and
         the projector, whose dtype the inputs are cast to; LoRA's small matrices, whose dtype peft casts its
-        input to) becomes ``compute``. Products then run in ``compute`` on exactly the ``rest``-rounded weights."""
+        input to) becomes ``compute``. Products then run in ``compute`` on exactly the ``rest``-rounded weights.
+        ``compact_encoder=False`` (training, whose encoder may learn) leaves the encoder wide."""
         lm = base_causal_lm(self.llm)
         emb, head = lm.get_input_embeddings(), lm.get_output_embeddings()
         tied = head is not None and head.weight is emb.weight
         narrow_loaded(self.llm, rest, skip=lambda name: "lora_" in name)
-        if hasattr(self.audio_encoder, "layers"):
+        if hasattr(self.audio_encoder, "layers") and self.options.compact_encoder is not False:  # False: training
             narrow_loaded(self.audio_encoder.layers, rest)
         table = lm.get_output_embeddings().weight if tied else emb.weight.detach().to(rest)
         narrow = NarrowEmbedding.holding(table, compute)  # (V, H) held narrow, looked-up rows widened

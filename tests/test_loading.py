@@ -164,6 +164,8 @@ def test_bf16_without_native_bf16_is_exact_mode_at_half_the_memory(tiny_ckpt, ti
     narrow = [m for _, m in named if isinstance(m, NarrowLinear)]
     assert narrow and isinstance(lm.get_input_embeddings(), NarrowEmbedding)
     assert {m.weight.dtype for m in [*narrow, lm.get_input_embeddings()]} == {torch.bfloat16}
+    assert lm.config.tie_word_embeddings  # the tied head and the embedding stay one table
+    assert lm.get_output_embeddings().weight.data_ptr() == lm.get_input_embeddings().weight.data_ptr()
     assert model.dtype == torch.float32  # the projector, norms and LoRA: fp32
     audio = [np.random.default_rng(4).standard_normal(n).astype(np.float32) * 0.1 for n in (16000, 23456)]
     for got, want in zip(model.embed_audio(audio), tiny_model.embed_audio(audio), strict=True):
