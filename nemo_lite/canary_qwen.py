@@ -103,7 +103,8 @@ class CanaryQwen(SpeechLM):
         ``llm_path``: where the LLM config + tokenizer live when the checkpoint's ``pretrained_llm`` (e.g.
         ``Qwen/Qwen3-1.7B``) cannot be reached.
 
-        Modes (see :mod:`nemo_lite.options` and :mod:`nemo_lite.speed`): ``dtype="bf16"`` halves weight memory;
+        Modes (see :mod:`nemo_lite.options` and :mod:`nemo_lite.speed`): ``dtype="bf16"`` halves weight memory (computed
+        fp32 on the bf16 weights where the CPU has no native bf16: :func:`nemo_lite.runtime.compute_plan`);
         ``quantize="int8"`` (CPU) quantizes the LLM's linear layers, ``"int8-all"`` the FastConformer's too;
         ``merge_lora=True`` folds LoRA into the weights for ASR and unfolds it for LLM mode; ``compact_encoder``
         (default: on when computing fp32 from a bf16 file) holds the FastConformer layers in the file's dtype and
@@ -115,7 +116,10 @@ class CanaryQwen(SpeechLM):
         if prequant.is_quantized_dir(name_or_path):  # `nemo-lite quantize` output: memory-mapped, nothing to do
             return prequant.load_quantized(cls, Path(name_or_path).expanduser(), opts, llm_path)
         device = check_device(opts.torch_device)
-        dtype, encoder_dtype = opts.compute_dtype, opts.encoder_compute_dtype
+        # Weights are read in the at-rest dtype where the plan has one (bf16 without native bf16 compute) and
+        # widened per layer after loading (SpeechLM._hold_at_rest); encoder_dtype is then unset (LoadOptions).
+        dtype = opts.load_dtype
+        encoder_dtype = dtype if opts.plan.rest else opts.encoder_compute_dtype
         ckpt = resolve_checkpoint(name_or_path)
         cfg = SALMConfig.from_nemo(local_artifacts(ckpt, read_config(ckpt)))
         llm_config, tokenizer = load_llm_config_and_tokenizer(cfg.pretrained_llm, cfg.tokenizer_path, llm_path,

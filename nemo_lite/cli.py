@@ -333,10 +333,16 @@ def cmd_info(args: argparse.Namespace) -> int:
     import torch
 
     from .cpu import cpu_info, describe
+    from .quant import PACKED_MAX_ROWS
+    from .runtime import compute_plan
 
     info = cpu_info()
     print(describe())
     print(f"torch {torch.__version__}; CUDA: {torch.cuda.is_available()}; threads: {torch.get_num_threads()}")
+    print(f"chosen for --dtype bf16 on cpu: {compute_plan('bf16', 'cpu', info).describe()}")
+    print(f"chosen for --quantize int8/int4: int4, and int8 up to {PACKED_MAX_ROWS} rows, in torch's packed kernels "
+          "(activations rounded to bf16, weights widened in registers, fp32 sums); int8 above that: weights "
+          "widened a block at a time, fp32 GEMM")
     advice = "bf16 compute is native here" if info.native_bf16() else \
         "no native bf16: keep compute in fp32 (exact) or use --quantize int8 (weight-only, bf16 kernels in registers)"
     print(f"advice: {advice}")

@@ -23,6 +23,7 @@ from functools import lru_cache
 # Flags of interest, as Linux names them in /proc/cpuinfo.
 X86_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 ARM_FLAGS = ("asimd", "asimddp", "sve", "sve2", "bf16", "i8mm")
+BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})  # any of these: bf16 matrix products in hardware
 # macOS sysctl keys (hw.optional.*) -> the Linux name of the same feature.
 _MACOS_KEYS = {"arm.FEAT_DotProd": "asimddp", "arm.FEAT_BF16": "bf16", "arm.FEAT_I8MM": "i8mm",
                "AdvSIMD": "asimd", "avx2_0": "avx2", "fma": "fma", "avx512f": "avx512f"}
@@ -42,7 +43,7 @@ class CpuInfo:
 
     def native_bf16(self) -> bool:
         """bf16 matrix products run in hardware (not emulated through fp32)."""
-        return bool(self.flags & {"avx512_bf16", "amx_bf16", "bf16"})
+        return bool(self.flags & BF16_FLAGS)
 
     def native_int8_dot(self) -> bool:
         """int8 x int8 dot-product instructions (VNNI, AMX int8, ARM dot product / i8mm)."""

@@ -1,5 +1,6 @@
 """Memory: returning freed heap memory to the OS (glibc ``malloc_trim``); weights held narrower than computed
-(:class:`NarrowLinear`, :class:`NarrowConv1d`, :class:`NarrowEmbedding`, :func:`hold_narrow`).
+(:class:`NarrowLinear`, :class:`NarrowConv1d`, :class:`NarrowEmbedding`, :func:`hold_narrow` before loading,
+:func:`narrow_loaded` after).
 
 Long recordings run as many windows of slightly different lengths; the encoder's large temporaries then have
 different sizes each call, glibc serves them from its heap and keeps the freed pages, and resident memory creeps
@@ -9,10 +10,19 @@ millisecond) keeps the peak flat. Pinning glibc's mmap threshold instead also wo
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+# Weights a NarrowLinear widens at a time: 2 MB in fp32. Widening a whole 2048 x 6144 matrix allocates 50 MB,
+# above glibc's mmap threshold, so every call maps and zero-faults fresh pages; a 2 MB block is reused from the
+# heap and still in cache when multiplied (AVX2 EPYC, one 2048 x 6144 layer: README, "Speed advice per CPU kind").
+WIDEN_CHUNK = 1 << 19
+# Blocks are whole multiples of 64 output rows: so cut, the products equalled one fp32 GEMM over the whole matrix
+# bit for bit (torch 2.13, AVX2; 85-row blocks did not), which tests/test_loading.py checks.
+ROW_BLOCK = 64
 _MALLOC_TRIM = None  # resolved on first use: the libc function, or False where there is none
 
 
@@ -32,12 +42,19 @@ def release_freed_memory() -> None:
 
 class NarrowLinear(nn.Linear):
     """A ``Linear`` whose weights are held in a narrower dtype (the checkpoint's bf16) and widened to the input's
-    dtype for each call. Stateless during the call (the widened copy is a temporary), so it is exception-safe and
-    safe with concurrent callers; module and parameter names are ``nn.Linear``'s, so checkpoints load as usual."""
+    dtype for each call, :data:`WIDEN_CHUNK` weights at a time (a block of output rows). Stateless during the call
+    (the widened block is a temporary), so it is exception-safe and safe with concurrent callers; module and
+    parameter names are ``nn.Linear``'s, so checkpoints load as usual."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = None if self.bias is None else self.bias.to(x.dtype)
-        return F.linear(x, self.weight.to(x.dtype), bias)
+        w = self.weight
+        if w.dtype == x.dtype or w.numel() <= WIDEN_CHUNK:
+            return F.linear(x, w.to(x.dtype), bias)
+        step = max(ROW_BLOCK, WIDEN_CHUNK // w.shape[1] // ROW_BLOCK * ROW_BLOCK)
+        blocks = range(0, w.shape[0], step)  # the bias goes into each block's product, as F.linear fuses it
+        return torch.cat([F.linear(x, w[i:i + step].to(x.dtype), None if bias is None else bias[i:i + step])
+                          for i in blocks], -1)  # (..., N)
 
 
 class NarrowConv1d(nn.Conv1d):
@@ -105,6 +122,28 @@ def hold_narrow(root: nn.Module, names: list[str] | None = None) -> list[str]:
         parent, _, leaf = name.rpartition(".")
         setattr(root.get_submodule(parent) if parent else root, leaf, new)
         swapped.append(name)
+    return swapped
+
+
+def narrow_loaded(root: nn.Module, dtype: torch.dtype, skip: Callable[[str], bool] = lambda name: False,
+                  ) -> list[str]:
+    """After loading: hold the weights of the ``nn.Linear`` / ``nn.Conv1d`` modules under ``root`` (except names
+    ``skip`` accepts) and of :class:`NarrowLinear` / :class:`NarrowConv1d` already there in ``dtype``, widened per
+    call (:func:`hold_narrow`'s modules). A tensor already in ``dtype`` is shared, not copied, and a weight tied
+    to another (an LLM's output head and input embedding) stays one tensor. Returns the names swapped."""
+    old = {n: m for n, m in root.named_modules() if type(m) in (nn.Linear, nn.Conv1d) and not skip(n)}
+    swapped = hold_narrow(root, list(old))
+    held: dict[int, nn.Parameter] = {}  # id of a loaded weight -> its narrow Parameter (tied weights: one)
+    for name, mod in root.named_modules():
+        if not isinstance(mod, (NarrowLinear, NarrowConv1d)) or skip(name):
+            continue
+        src = old.get(name, mod)
+        key = id(src.weight)
+        if key not in held:
+            held[key] = nn.Parameter(src.weight.detach().to(dtype), requires_grad=False)
+        mod.weight = held[key]
+        if src.bias is not None:
+            mod.bias = nn.Parameter(src.bias.detach(), requires_grad=False)  # widened per call like the weight
     return swapped
 
 

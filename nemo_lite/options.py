@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
-from .runtime import resolve_dtype
+from .runtime import ComputePlan, compute_plan, resolve_dtype
 
 if TYPE_CHECKING:
     import torch
@@ -28,7 +28,8 @@ QUANT_MODES = (None, "int8", "int4", "int8-all")  # the LLM's linear layers int8
 @dataclass(frozen=True)
 class LoadOptions:
     device: str | None = None  # "cpu" (None), "cuda", "cuda:1", "mps", ...
-    dtype: str | None = None  # compute dtype name; None: fp32 on CPU (NeMo's compute), bf16 on accelerators
+    dtype: str | None = None  # dtype name; None: fp32 on CPU (NeMo's compute), bf16 on accelerators. bf16 on a CPU
+    # without native bf16: weights bf16 at rest, fp32 compute (runtime.compute_plan; NEMO_LITE_BF16=native: bf16)
     encoder_dtype: str | None = None  # the audio encoder's own compute dtype; None: `dtype`
     quantize: str | None = None  # None | "int8" | "int4" (CPU: the LLM's linear layers) | "int8-all" (+ encoder)
     merge_lora: bool = False  # fold LoRA into the weights for ASR (unfolded again for LLM mode); not bit-exact
@@ -41,7 +42,7 @@ class LoadOptions:
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, str(resolve_dtype(getattr(self, name))).removeprefix("torch."))
         device = self.torch_device
-        dtype = self.compute_dtype
+        dtype = resolve_dtype(self.dtype, device)  # as requested: the checks below are about what was asked for
         if self.quantize not in QUANT_MODES:
             raise ValueError(f"quantize={self.quantize!r} not supported; use one of {QUANT_MODES}")
         if self.quantize and self.merge_lora:
@@ -55,6 +56,9 @@ class LoadOptions:
         if self.quantize == "int8-all" and self.compact_encoder:
             raise ValueError("compact_encoder and quantize='int8-all' exclude each other (the encoder's linear "
                              "layers are int8 already)")
+        if self.encoder_dtype is not None and self.plan.rest is not None:
+            raise ValueError(f"encoder_dtype cannot be combined with dtype={self.dtype!r} on this CPU: "
+                             f"{self.plan.describe()}")
         if self.compile and device.type != "cuda":
             raise ValueError("compile=True is a CUDA mode (CUDA graphs for the decoding steps); on CPU a step is "
                              "bound by reading the weights and compiling did not pay off")
@@ -66,8 +70,18 @@ class LoadOptions:
         return torch.device(self.device or "cpu")
 
     @property
+    def plan(self) -> ComputePlan:
+        """Compute and at-rest dtypes for this device and CPU (:func:`nemo_lite.runtime.compute_plan`)."""
+        return compute_plan(self.dtype, self.torch_device)
+
+    @property
     def compute_dtype(self) -> torch.dtype:
-        return resolve_dtype(self.dtype, self.torch_device)
+        return self.plan.compute
+
+    @property
+    def load_dtype(self) -> torch.dtype:
+        """The dtype weights are read in: the plan's at-rest dtype when it has one, else the compute dtype."""
+        return self.plan.rest or self.plan.compute
 
     @property
     def encoder_compute_dtype(self) -> torch.dtype:

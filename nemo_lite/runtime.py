@@ -13,17 +13,23 @@ Figures behind the defaults (README, Performance; WORKLOG sessions 2-3):
   the full-size model's two-thread runs swung 10x; on an idle machine more cores pay off for the compute-bound
   full-size encoder. So the default takes the cores that are free now: the cores this process may use minus the
   load average.
+- bf16 on CPU (:func:`compute_plan`): without avx512_bf16/amx_bf16 (x86) or ARM bf16, torch emulates bf16 matrix
+  products through fp32 conversions; on an AVX2-only EPYC the whole model in bf16 transcribed a 5 s clip in 44.6 s
+  against 32.0 s in fp32 (WORKLOG, issue 16). There a requested bf16 holds the weights bf16 and computes fp32.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .audio import SAMPLE_RATE
 
 if TYPE_CHECKING:
     import torch
+
+    from .cpu import CpuInfo
 
 CPU_BATCH_SIZE = 8  # rows decoded together by default on CPU
 ACCELERATOR_BATCH_SIZE = 64  # on a GPU
@@ -39,6 +45,7 @@ DTYPE_NAMES = {  # every spelling a user may write -> torch dtype name; the one 
     "bfloat16": "bfloat16", "bf16": "bfloat16",
     "float16": "float16", "fp16": "float16", "f16": "float16", "half": "float16",
 }
+BF16_ENV = "NEMO_LITE_BF16"  # "native": bf16 matrix products even where the CPU emulates them (compute_plan)
 
 
 def resolve_dtype(dtype: torch.dtype | str | None, device: torch.device | str | None = None) -> torch.dtype:
@@ -55,6 +62,52 @@ def resolve_dtype(dtype: torch.dtype | str | None, device: torch.device | str | 
     if name is None:
         raise ValueError(f"dtype {dtype!r} not supported; use one of {sorted(DTYPE_NAMES)}")
     return getattr(torch, name)
+
+
+@dataclass(frozen=True)
+class ComputePlan:
+    requested: torch.dtype  # the dtype the user asked for (or the device's default)
+    compute: torch.dtype  # the dtype activations and matrix products run in
+    rest: torch.dtype | None  # weights held in this dtype and widened per layer to `compute`; None: held in `compute`
+    reason: str  # why, for `nemo-lite info` and the load log
+
+    def describe(self) -> str:
+        """One line: ``bf16 requested -> weights bf16 at rest, fp32 compute because ...``."""
+        req, comp = _short(self.requested), _short(self.compute)
+        held = f"weights {_short(self.rest)} at rest, {comp} compute" if self.rest is not None else f"{comp} compute"
+        return f"{req} requested -> {held} ({self.reason})"
+
+
+def _short(dtype: torch.dtype) -> str:
+    return {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(str(dtype).removeprefix("torch."),
+                                                                          str(dtype))
+
+
+def compute_plan(dtype: torch.dtype | str | None, device: torch.device | str | None = None,
+                 cpu: CpuInfo | None = None, force: str | None = None) -> ComputePlan:
+    """The one policy for which dtype a model computes in and which its weights are held in.
+
+    On a CPU without native bf16 (:meth:`nemo_lite.cpu.CpuInfo.native_bf16`), bf16 is a memory saving only: the
+    weights stay bf16 at rest and each layer widens its weight to fp32 for the product (exact mode does this for
+    the encoder), since emulated bf16 matrix products were slower than fp32. With native bf16, and on any other
+    device or dtype, the requested dtype is the compute dtype. ``cpu``: the CPU to decide for (default: this one);
+    ``force``: ``"native"`` keeps bf16 compute anyway (default: the ``NEMO_LITE_BF16`` environment variable).
+    """
+    import torch
+
+    from .cpu import BF16_FLAGS, cpu_info
+
+    want = resolve_dtype(dtype, device)
+    if torch.device(device or "cpu").type != "cpu" or want != torch.bfloat16:
+        return ComputePlan(want, want, None, "as requested")
+    cpu = cpu or cpu_info()
+    force = os.environ.get(BF16_ENV, "") if force is None else force
+    if cpu.native_bf16():
+        return ComputePlan(want, want, None, "native bf16: " + " ".join(sorted(cpu.flags & BF16_FLAGS)))
+    if force == "native":
+        return ComputePlan(want, want, None, f"{BF16_ENV}=native, although bf16 is emulated on this CPU")
+    return ComputePlan(want, torch.float32, want, f"no {'/'.join(sorted(BF16_FLAGS))}: bf16 products are emulated; "
+                       f"{BF16_ENV}=native forces them")
 
 
 def default_device() -> str:

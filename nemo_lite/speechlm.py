@@ -24,6 +24,7 @@ head carries one documented forward pre-hook (:func:`nemo_lite.llm.contiguous_he
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -33,13 +34,15 @@ from torch import nn
 from . import decoding, speed, vision
 from .audio import SAMPLE_RATE, AudioInput, load_audio, pad_to_minimum
 from .injection import build_inputs_embeds
-from .llm import adapter_disabled, contiguous_head_input, input_embeddings
-from .memory import release_freed_memory
+from .llm import adapter_disabled, base_causal_lm, contiguous_head_input, input_embeddings
+from .memory import NarrowConv1d, NarrowEmbedding, NarrowLinear, cast_floats, narrow_loaded, release_freed_memory
 from .options import LoadOptions
 from .prompts import Turn, encode_dialog
 from .runtime import default_batch_size, encoder_batch_samples, encoder_groups
 
 EOS_TOKEN = "<|im_end|>"  # both designs' chat format ends an answer with it
+
+log = logging.getLogger(__name__)
 
 
 class SpeechLM(nn.Module):
@@ -342,8 +345,30 @@ class SpeechLM(nn.Module):
             speed.quantize(self.llm, "int4" if self.options.quantize == "int4" else "int8")
         if self.options.quantize == "int8-all":
             speed.quantize(self.audio_encoder, "int8")
+        plan = self.options.plan
+        log.info("compute plan: %s", plan.describe())
+        if plan.rest is not None:
+            self._hold_at_rest(plan.rest, plan.compute)
         contiguous_head_input(self.llm)  # quantizing swapped the head module: give the new one the hook
         release_freed_memory()  # the load's temporaries
+
+    def _hold_at_rest(self, rest: torch.dtype, compute: torch.dtype) -> None:
+        """Loaded in ``rest`` (bf16): keep the large weights so (the encoder layers' and the LLM's linear layers,
+        its embedding table) and widen each to ``compute`` (fp32) per call; the rest (norms, the subsampling and
+        the projector, whose dtype the inputs are cast to; LoRA's small matrices, whose dtype peft casts its
+        input to) becomes ``compute``. Products then run in ``compute`` on exactly the ``rest``-rounded weights.
+        ``compact_encoder=False`` (training, whose encoder may learn) leaves the encoder wide."""
+        lm = base_causal_lm(self.llm)
+        emb, head = lm.get_input_embeddings(), lm.get_output_embeddings()
+        tied = head is not None and head.weight is emb.weight
+        narrow_loaded(self.llm, rest, skip=lambda name: "lora_" in name)
+        if hasattr(self.audio_encoder, "layers") and self.options.compact_encoder is not False:  # False: training
+            narrow_loaded(self.audio_encoder.layers, rest)
+        table = lm.get_output_embeddings().weight if tied else emb.weight.detach().to(rest)
+        narrow = NarrowEmbedding.holding(table, compute)  # (V, H) held narrow, looked-up rows widened
+        narrow.padding_idx = emb.padding_idx
+        lm.set_input_embeddings(narrow)
+        cast_floats(self, compute, skip=(NarrowLinear, NarrowConv1d, NarrowEmbedding))
 
 
 def _assign_audios(rows: list[torch.Tensor], arrays: list, tag_id: int, what: str = "audio") -> list[list]:

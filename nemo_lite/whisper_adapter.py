@@ -168,7 +168,7 @@ class WhisperLLM(SpeechLM):
         """A new model: a Whisper checkpoint + an LLM (path/hub id, or a loaded HF model with its ``tokenizer``),
         with a fresh projector drawn from N(0, initializer_range) of the LLM (``seed``: for that draw)."""
         opts = load_options(None, device=device, dtype=dtype)
-        device, dtype = check_device(opts.torch_device), opts.compute_dtype
+        device, dtype = check_device(opts.torch_device), opts.load_dtype
         encoder = load_whisper_encoder(whisper, dtype, device)
         processor = None
         if isinstance(llm, (str, os.PathLike)):
@@ -203,7 +203,7 @@ class WhisperLLM(SpeechLM):
         root = resolve(path)
         if not (root / CONFIG_FILE).is_file():
             return cls.from_merged(root, options=opts)
-        device, dtype = check_device(opts.torch_device), opts.compute_dtype
+        device, dtype = check_device(opts.torch_device), opts.load_dtype
         cfg = WhisperLLMConfig.from_dict(json.loads((root / CONFIG_FILE).read_text()))
         encoder = load_whisper_encoder(cfg.whisper, dtype, device, base=root)
         llm_root = resolve(cfg.llm, root)
@@ -225,7 +225,7 @@ class WhisperLLM(SpeechLM):
                     options: LoadOptions | str | None = None, **overrides: Any) -> WhisperLLM:
         """The original project's merged Qwen2-VL + audio checkpoint (keys: ``weights.MERGED_KEY_MAP``)."""
         opts = load_options(options, **overrides)
-        device, dtype = check_device(opts.torch_device), opts.compute_dtype
+        device, dtype = check_device(opts.torch_device), opts.load_dtype
         root = Path(path)
         files = safetensors_files(root)
         config = AutoConfig.from_pretrained(root)

@@ -137,12 +137,44 @@ def test_lora_is_loaded_and_switchable(tiny_model):
     assert torch.equal(on, again)
 
 
-def test_bf16_load_runs(tiny_ckpt):
+def test_bf16_load_runs(tiny_ckpt, monkeypatch):
+    monkeypatch.setenv("NEMO_LITE_BF16", "native")  # bf16 compute whatever this CPU has
     model = CanaryQwen.from_pretrained(tiny_ckpt, dtype="bf16")
     assert model.dtype == torch.bfloat16
     assert model.perception.preprocessor.featurizer.fb.dtype == torch.float32  # front end stays fp32
     out = model.generate(audios=[torch.zeros(16000).numpy() + 0.01], max_new_tokens=3)
     assert len(out[0]) == 3
+
+
+def test_bf16_without_native_bf16_is_exact_mode_at_half_the_memory(tiny_ckpt, tiny_model, monkeypatch):
+    """Regression (issue 16): bf16 on a CPU that emulates bf16 products cast the whole model to bf16 and ran 1.4x
+    slower than fp32 at full size. Now the large weights stay bf16 and each layer computes fp32 on them: from a
+    bf16 file that is exact mode's arithmetic, so embeddings, logits and ids equal exact mode's bit for bit."""
+    from nemo_lite import cpu
+    from nemo_lite.memory import NarrowEmbedding, NarrowLinear
+
+    monkeypatch.delenv("NEMO_LITE_BF16", raising=False)
+    monkeypatch.setattr(cpu, "cpu_info", lambda: cpu.CpuInfo("AVX2 CPU", "x86_64", frozenset({"avx2", "fma"}), 2,
+                                                            "AVX2", "test"))
+    model = CanaryQwen.from_pretrained(tiny_ckpt, dtype="bf16")
+    lm = base_causal_lm(model.llm)
+    named = [*lm.named_modules(), *model.perception.encoder.layers.named_modules()]
+    wide = [n for n, m in named if type(m) in (torch.nn.Linear, torch.nn.Conv1d) and "lora_" not in n]
+    assert not wide  # every weight matrix but LoRA's is held narrow
+    narrow = [m for _, m in named if isinstance(m, NarrowLinear)]
+    assert narrow and isinstance(lm.get_input_embeddings(), NarrowEmbedding)
+    assert {m.weight.dtype for m in [*narrow, lm.get_input_embeddings()]} == {torch.bfloat16}
+    assert lm.config.tie_word_embeddings  # the tied head and the embedding stay one table
+    assert lm.get_output_embeddings().weight.data_ptr() == lm.get_input_embeddings().weight.data_ptr()
+    assert model.dtype == torch.float32  # the projector, norms and LoRA: fp32
+    audio = [np.random.default_rng(4).standard_normal(n).astype(np.float32) * 0.1 for n in (16000, 23456)]
+    for got, want in zip(model.embed_audio(audio), tiny_model.embed_audio(audio), strict=True):
+        assert got.dtype == torch.float32 and torch.equal(got, want)
+    x = torch.randn(2, 5, model.cfg.output_dim)
+    with torch.inference_mode():
+        assert torch.equal(model.llm(inputs_embeds=x).logits, tiny_model.llm(inputs_embeds=x).logits)
+    assert model.generate(audios=audio, max_new_tokens=6) == tiny_model.generate(audios=audio, max_new_tokens=6)
+    assert {m.weight.dtype for m in narrow} == {torch.bfloat16}  # still narrow after running
 
 
 @pytest.mark.parametrize(("mode", "kind"), [("int8", "Int8Linear"), ("int4", "Int4Linear")])
