@@ -91,9 +91,9 @@ def compute_plan(dtype: torch.dtype | str | None, device: torch.device | str | N
     weights stay bf16 at rest and each layer widens its weight to fp32 for the product (exact mode does this for
     the encoder), since emulated bf16 matrix products were slower than fp32 at many rows; the LLM's one-position
     decoding steps still multiply in bf16 (``NarrowLinear.step_in_narrow``), where widening cost more than it saved.
-    With native bf16, and on any other
-    device or dtype, the requested dtype is the compute dtype. ``cpu``: the CPU to decide for (default: this one);
-    ``force``: ``"native"`` keeps bf16 compute anyway (default: the ``NEMO_LITE_BF16`` environment variable).
+    With native bf16, and on any other device or dtype, the requested dtype is the compute dtype. ``cpu``: the CPU
+    to decide for (default: this one); ``force``: ``"native"`` keeps bf16 compute anyway (default: the
+    ``NEMO_LITE_BF16`` environment variable).
     """
     import torch
 
