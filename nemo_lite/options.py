@@ -16,7 +16,7 @@ without knowing which options exclude which:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
 from .runtime import ComputePlan, compute_plan, resolve_dtype
@@ -38,6 +38,9 @@ class LoadOptions:
     compact_encoder: bool | None = None  # encoder layers held in the file's narrower dtype, widened per call;
     # None: on when computing fp32 from a bf16/fp16 file (bit-identical, 1.6 GB less at full size)
     compile: bool = False  # CUDA: static KV cache + torch.compile'd decoding steps (CUDA graphs)
+    # Compute and at-rest dtypes for this device and CPU (runtime.compute_plan), decided once here: a model loaded
+    # with these options keeps the plan it was built with, whatever NEMO_LITE_BF16 says later.
+    plan: ComputePlan = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         for name in ("dtype", "encoder_dtype"):  # one spelling per dtype ("bf16" -> "bfloat16"), checked here
@@ -45,6 +48,7 @@ class LoadOptions:
                 object.__setattr__(self, name, str(resolve_dtype(getattr(self, name))).removeprefix("torch."))
         device = self.torch_device
         dtype = resolve_dtype(self.dtype, device)  # as requested: the checks below are about what was asked for
+        object.__setattr__(self, "plan", compute_plan(self.dtype, device))
         if self.quantize not in QUANT_MODES:
             raise ValueError(f"quantize={self.quantize!r} not supported; use one of {QUANT_MODES}")
         if self.quantize and self.merge_lora:
@@ -72,11 +76,6 @@ class LoadOptions:
         return torch.device(self.device or "cpu")
 
     @property
-    def plan(self) -> ComputePlan:
-        """Compute and at-rest dtypes for this device and CPU (:func:`nemo_lite.runtime.compute_plan`)."""
-        return compute_plan(self.dtype, self.torch_device)
-
-    @property
     def compute_dtype(self) -> torch.dtype:
         return self.plan.compute
 
@@ -92,7 +91,7 @@ class LoadOptions:
 
     def with_overrides(self, **overrides: Any) -> LoadOptions:
         """A copy with the given fields changed (None values are left out: "not given"); unknown names raise."""
-        known = {f.name for f in fields(self)}
+        known = {f.name for f in fields(self) if f.init}
         unknown = sorted(set(overrides) - known)
         if unknown:
             raise TypeError(f"unknown load option(s) {unknown}; known: {sorted(known)}")
