@@ -138,17 +138,20 @@ def hold_narrow(root: nn.Module, names: list[str] | None = None) -> list[str]:
 
 
 def narrow_loaded(root: nn.Module, dtype: torch.dtype, skip: Callable[[str], bool] = lambda name: False,
-                  ) -> list[str]:
+                  step_in_narrow: bool = False) -> list[str]:
     """After loading: hold the weights of the ``nn.Linear`` / ``nn.Conv1d`` modules under ``root`` (except names
     ``skip`` accepts) and of :class:`NarrowLinear` / :class:`NarrowConv1d` already there in ``dtype``, widened per
-    call (:func:`hold_narrow`'s modules). A tensor already in ``dtype`` is shared, not copied, and a weight tied
-    to another (an LLM's output head and input embedding) stays one tensor. Returns the names swapped."""
+    call (:func:`hold_narrow`'s modules; ``step_in_narrow``: :class:`NarrowLinear`'s one-position products in
+    ``dtype``). A tensor already in ``dtype`` is shared, not copied, and a weight tied to another (an LLM's output
+    head and input embedding) stays one tensor. Returns the names swapped."""
     old = {n: m for n, m in root.named_modules() if type(m) in (nn.Linear, nn.Conv1d) and not skip(n)}
     swapped = hold_narrow(root, list(old))
     held: dict[int, nn.Parameter] = {}  # id of a loaded weight -> its narrow Parameter (tied weights: one)
     for name, mod in root.named_modules():
         if not isinstance(mod, (NarrowLinear, NarrowConv1d)) or skip(name):
             continue
+        if isinstance(mod, NarrowLinear):
+            mod.step_in_narrow = step_in_narrow
         src = old.get(name, mod)
         key = id(src.weight)
         if key not in held:

@@ -361,10 +361,8 @@ class SpeechLM(nn.Module):
         lm = base_causal_lm(self.llm)
         emb, head = lm.get_input_embeddings(), lm.get_output_embeddings()
         tied = head is not None and head.weight is emb.weight
-        narrow_loaded(self.llm, rest, skip=lambda name: "lora_" in name)
-        for mod in self.llm.modules():
-            if isinstance(mod, NarrowLinear):
-                mod.step_in_narrow = True  # decoding steps multiply in bf16: NarrowLinear's docstring
+        # decoding steps multiply in bf16: NarrowLinear's docstring
+        narrow_loaded(self.llm, rest, skip=lambda name: "lora_" in name, step_in_narrow=True)
         if hasattr(self.audio_encoder, "layers") and self.options.compact_encoder is not False:  # False: training
             narrow_loaded(self.audio_encoder.layers, rest)
         table = lm.get_output_embeddings().weight if tied else emb.weight.detach().to(rest)
