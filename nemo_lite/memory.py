@@ -16,9 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Weights a NarrowLinear widens at a time: 2 MB in fp32. Widening a whole 2048 x 6144 matrix allocates 50 MB,
-# above glibc's mmap threshold, so every call maps and zero-faults fresh pages; a 2 MB block is reused from the
-# heap and still in cache when multiplied (AVX2 EPYC, one 2048 x 6144 layer: README, "Speed advice per CPU kind").
+# Weights widened at a time for a product (NarrowLinear here, the int8/int4 dense path in nemo_lite.quant): 2 MB
+# in fp32. Widening a whole 2048 x 6144 matrix allocates 50 MB, above glibc's mmap threshold, so every call maps and
+# zero-faults fresh pages, and the widened copy goes to DRAM and back before it is multiplied; a 2 MB block is
+# reused from the heap and still in cache (AVX2 EPYC, one 2048 x 6144 layer: README, "Speed advice per CPU kind";
+# int8 prefill of 80 positions on full-width layers 0.844 s with 32 MB blocks, 0.497 s with these).
 WIDEN_CHUNK = 1 << 19
 # Blocks are whole multiples of 64 output rows: so cut, the products equalled one fp32 GEMM over the whole matrix
 # bit for bit (torch 2.13, AVX2; 85-row blocks did not), which tests/test_loading.py checks.
@@ -38,6 +40,13 @@ def release_freed_memory() -> None:
             _MALLOC_TRIM = False
     if _MALLOC_TRIM:
         _MALLOC_TRIM(0)
+
+
+def row_blocks(n_rows: int, row_len: int, chunk: int = WIDEN_CHUNK, multiple: int = ROW_BLOCK) -> list[slice]:
+    """Output-row slices of a (``n_rows``, ``row_len``) weight holding about ``chunk`` weights each, in whole
+    multiples of ``multiple`` rows (at least one multiple): the blocks a weight is widened in."""
+    step = max(multiple, chunk // max(1, row_len) // multiple * multiple)
+    return [slice(i, min(i + step, n_rows)) for i in range(0, n_rows, step)]
 
 
 class NarrowLinear(nn.Linear):
@@ -63,10 +72,9 @@ class NarrowLinear(nn.Linear):
         bias = None if self.bias is None else self.bias.to(x.dtype)
         if w.dtype == x.dtype or w.numel() <= WIDEN_CHUNK:
             return F.linear(x, w.to(x.dtype), bias)
-        step = max(ROW_BLOCK, WIDEN_CHUNK // w.shape[1] // ROW_BLOCK * ROW_BLOCK)
-        blocks = range(0, w.shape[0], step)  # the bias goes into each block's product, as F.linear fuses it
-        return torch.cat([F.linear(x, w[i:i + step].to(x.dtype), None if bias is None else bias[i:i + step])
-                          for i in blocks], -1)  # (..., N)
+        # the bias goes into each block's product, as F.linear fuses it
+        return torch.cat([F.linear(x, w[rows].to(x.dtype), None if bias is None else bias[rows])
+                          for rows in row_blocks(*w.shape)], -1)  # (..., N)
 
 
 class NarrowConv1d(nn.Conv1d):

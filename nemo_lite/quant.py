@@ -47,17 +47,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .cpu import native_bf16
+from .memory import row_blocks
 
 MODES = ("int8", "int4")
 PACKED_MAX_ROWS = 32  # int8: rows up to which the packed kernel beats dequantize + GEMM (crossover 32-64, AVX2)
-CHUNK = 1 << 23  # weights widened at a time when quantizing (32 MB of fp32)
-# The dense path (prefill) widens 2 MB of fp32 at a time, in whole multiples of 64 output rows: a block stays in
-# cache between being written and multiplied, where a 32 MB block went to DRAM and back (9 bytes moved per int8
-# weight against exact mode's 4). Full-width layers, 4 of them + the head, 2 threads, quiet, prefill of 80
-# positions: int8 0.844 -> 0.497 s (exact 0.531), int4 0.656 -> 0.620 s; logits identical for every block size
-# tried (32 MB, 2 MB, 512 KB, all 64-row multiples).
-DENSE_CHUNK = 1 << 19
-DENSE_ROWS = 64
+CHUNK = 1 << 23  # weights widened at a time when quantizing (32 MB of fp32); the dense path: memory.row_blocks
 INT4_GROUPS = (32, 64, 128, 256)  # group sizes _weight_int4pack_mm_for_cpu accepts
 INT4_GROUP = 64  # default group size (docs/quant.md: error vs speed)
 INT8_ALIGN = 32  # bytes: _weight_int8pack_mm loads activation rows with aligned 128/256-bit loads
@@ -75,18 +69,13 @@ def _dense_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype if x.dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16) else torch.float32
 
 
-def _row_chunks(n_rows: int, row_len: int, chunk: int = CHUNK, multiple: int = 1) -> Iterable[slice]:
-    step = max(multiple, chunk // max(1, row_len) // multiple * multiple)
-    return (slice(i, min(i + step, n_rows)) for i in range(0, n_rows, step))
-
-
 def _dense_matmul(layer: Int8Linear | Int4Linear, x2: torch.Tensor) -> torch.Tensor:
     """The dense fallback both layers share: ``x2`` (M, K) times the weight dequantized a chunk of output rows at a
     time (never the whole matrix in float) -> (M, N) in :func:`_dense_dtype`."""
     cd = _dense_dtype(x2)
     xc = x2.to(cd)
-    return torch.cat([F.linear(xc, layer.dequantize(cd, rows))
-                      for rows in _row_chunks(layer.out_features, layer.in_features, DENSE_CHUNK, DENSE_ROWS)], 1)
+    return torch.cat([F.linear(xc, layer.dequantize(cd, rows))  # 2 MB blocks that stay in cache (memory.WIDEN_CHUNK)
+                      for rows in row_blocks(layer.out_features, layer.in_features)], 1)
 
 
 class Int8Linear(nn.Module):
@@ -110,7 +99,7 @@ class Int8Linear(nn.Module):
             mod.bias = linear.bias.detach().clone()
         if w.is_meta:
             return mod
-        for rows in _row_chunks(mod.out_features, mod.in_features):
+        for rows in row_blocks(mod.out_features, mod.in_features, CHUNK, 1):
             wf = w[rows].to(torch.float32, copy=True)  # (n, K), a copy: modified in place below
             lo, hi = torch.aminmax(wf, dim=1)
             scale = (torch.maximum(-lo, hi) / 127).clamp_min(1e-12).bfloat16()  # (n,) rounded before use
@@ -284,7 +273,7 @@ class Int4Linear(nn.Module):
         if w.is_meta:
             return mod
         n_groups = mod.in_features // group_size
-        for rows in _row_chunks(mod.out_features, mod.in_features):
+        for rows in row_blocks(mod.out_features, mod.in_features, CHUNK, 1):
             wg = w[rows].to(torch.float32, copy=True).view(-1, n_groups, group_size)  # (n, G, g), a copy
             lo, hi = torch.aminmax(wg, dim=-1)  # (n, G)
             scale = ((hi - lo) / 15).clamp_min(1e-12).bfloat16().float()
