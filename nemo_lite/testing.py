@@ -359,20 +359,12 @@ def write_random_adapter(path: str | os.PathLike, whisper_dir: str | os.PathLike
 
 
 def write_shards(path: Path, state: dict[str, torch.Tensor], shards: int) -> None:
-    """``state`` as ``shards`` safetensors files + ``model.safetensors.index.json`` (Hugging Face's layout)."""
-    from safetensors.torch import save_file
+    """``state`` as about ``shards`` safetensors files + ``model.safetensors.index.json`` (Hugging Face's layout),
+    by the package's own writer (:func:`nemo_lite.weights.write_sharded`)."""
+    from .weights import write_sharded
 
-    keys = sorted(state)
-    per = -(-len(keys) // shards)
-    weight_map, total = {}, 0
-    for i in range(shards):
-        name = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
-        part = {k: state[k].contiguous() for k in keys[i * per:(i + 1) * per]}
-        save_file(part, str(path / name), metadata={"format": "pt"})
-        weight_map.update({k: name for k in part})
-        total += sum(t.numel() * t.element_size() for t in part.values())
-    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-    (path / "model.safetensors.index.json").write_text(json.dumps(index, indent=1))
+    total = sum(t.numel() * t.element_size() for t in state.values())
+    write_sharded(path, state, max_bytes=-(-total // shards), always_shard=True)
 
 
 # ---------------------------------------------------------------------- compressed audio (FFmpeg formats)

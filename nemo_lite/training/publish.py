@@ -24,20 +24,13 @@ if TYPE_CHECKING:  # torch only for annotations: `nemo-lite --help` builds this 
 SHARD_BYTES = 5 << 30  # 5 GB shards, save_pretrained's default max_shard_size
 
 
-def write_sharded(path: Path, state: dict[str, torch.Tensor], max_bytes: int = SHARD_BYTES) -> list[Path]:
-    """``state`` as safetensors shards of at most ``max_bytes`` (a tensor never split) + the index file, even for
-    one shard (the published layout): :func:`nemo_lite.weights.write_sharded`."""
-    from ..weights import write_sharded as write
-
-    return write(path, state, max_bytes, always_shard=True)
-
-
 def export_published(model: WhisperLLM, out: str | Path, dtype: torch.dtype | None = None,
                      max_shard_bytes: int = SHARD_BYTES) -> Path:
     """Write ``model`` (LoRA merged) in the seed's published layout to ``out``; ``dtype``: the weights' dtype
     (default: the model's)."""
     from ..llm import base_causal_lm, is_peft
     from ..vision import has_vision, legacy_key
+    from ..weights import write_sharded
 
     if not has_vision(model.llm):
         raise ValueError("the seed's published layout is a Qwen2-VL checkpoint; this model's LLM is "
@@ -52,7 +45,7 @@ def export_published(model: WhisperLLM, out: str | Path, dtype: torch.dtype | No
     state.update({"audio_encoder." + k: cast(v) for k, v in model.encoder.state_dict().items()})
     state["audio_projector.weight"] = cast(model.projector.weight)
     lm.config.save_pretrained(str(out))
-    write_sharded(out, state, max_shard_bytes)
+    write_sharded(out, state, max_shard_bytes, always_shard=True)  # the published layout: an index even for one shard
     model.tokenizer.save_pretrained(str(out))
     if model.image_processor is not None:
         model.image_processor.save_pretrained(str(out))
