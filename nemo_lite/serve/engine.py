@@ -38,6 +38,7 @@ from ..transcription import (
     Segment,
     TranscribeOptions,
     Transcript,
+    _samples,
     _Window,
     decode_windows,
     load_all,
@@ -93,9 +94,7 @@ def plan(path: str, chunk: ChunkOptions, timestamps: bool = False) -> Planned:
 
 def window_samples(planned: Planned, k: int) -> np.ndarray:
     """Window ``k`` of a checked input: a slice of its samples, or read from its long file (in window order)."""
-    start, end = planned.windows[k]
-    x = planned.loaded
-    return x.read(start, end) if isinstance(x, LongAudio) else x[start:end]
+    return _samples(planned.loaded, _Window(0, *planned.windows[k]))
 
 
 def load_clip(data: bytes) -> np.ndarray:
