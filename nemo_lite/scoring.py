@@ -74,12 +74,12 @@ def require_jiwer():
 
 def word_counts(ref: str, hyp: str) -> Counts:
     """Word edits between two (normalised) strings."""
-    jiwer = require_jiwer()
+    return _edits(word_alignment(ref, hyp), ref)
 
-    if not ref.split():
-        return Counts(len(hyp.split()), 0)
-    out = jiwer.process_words(ref, hyp if hyp.split() else "")
-    return Counts(out.substitutions + out.deletions + out.insertions, len(ref.split()))
+
+def _edits(ops: list[tuple[str, str | None, str | None]], ref: str) -> Counts:
+    """Word edits of an alignment: one per substituted, deleted or inserted word, over the reference's words."""
+    return Counts(sum(op != "equal" for op, _, _ in ops), len(ref.split()))
 
 
 def char_counts(ref: str, hyp: str) -> Counts:
@@ -115,8 +115,12 @@ def word_alignment(ref: str, hyp: str) -> list[tuple[str, str | None, str | None
 def word_diff(ref: str, hyp: str) -> str:
     """A readable alignment: equal words plain, ``[-deleted-]``, ``{+inserted+}``, ``[-ref-]{+hyp+}`` for a
     substitution (git's --word-diff style)."""
+    return _diff_text(word_alignment(ref, hyp))
+
+
+def _diff_text(ops: list[tuple[str, str | None, str | None]]) -> str:
     marks = {"equal": "{a}", "delete": "[-{a}-]", "insert": "{{+{b}+}}", "substitute": "[-{a}-]{{+{b}+}}"}
-    return " ".join(marks[op].format(a=a, b=b) for op, a, b in word_alignment(ref, hyp))
+    return " ".join(marks[op].format(a=a, b=b) for op, a, b in ops)
 
 
 def lowercased_wer(ref: str, hyp: str) -> float | None:
@@ -142,9 +146,10 @@ def score(references: list[str], hypotheses: list[str], normalize=None) -> tuple
     words, chars, rows = Counts(0, 0), Counts(0, 0), []
     for ref, hyp in zip(references, hypotheses, strict=True):
         r, h = norm(ref), norm(hyp or "")
-        w, c = word_counts(r, h), char_counts(r, h)
+        ops = word_alignment(r, h)  # one alignment for the counts and the diff
+        w, c = _edits(ops, r), char_counts(r, h)
         words, chars = words + w, chars + c
         rows.append({"reference": ref, "hypothesis": hyp, "reference_normalized": r, "hypothesis_normalized": h,
                      "word_errors": w.errors, "reference_words": w.total, "wer": w.rate, "cer": c.rate,
-                     "wer_lowercased": lowercased_wer(ref, hyp or ""), "diff": word_diff(r, h)})
+                     "wer_lowercased": lowercased_wer(ref, hyp or ""), "diff": _diff_text(ops)})
     return words, chars, rows
