@@ -283,16 +283,24 @@ class Int4Linear(nn.Module):
             mod.scales_and_zeros[:, rows] = torch.stack((scale, zero), -1).transpose(0, 1).bfloat16()  # (G, n, 2)
         return mod
 
-    def portable_weight(self) -> torch.Tensor:
-        """``weight`` in the portable (N, K/2) form whatever layout it is held in."""
-        return self.weight if self._layout is None else _from_kernel(self.weight, *self._layout)
+    def portable_weight(self, rows: slice = slice(None)) -> torch.Tensor:
+        """``weight[rows]`` in the portable (n, K/2) form whatever layout it is held in. A slice that starts on a
+        kernel block and ends on one (or at the last row) is converted alone; any other converts the whole weight."""
+        if self._layout is None:
+            return self.weight[rows]
+        start, stop, step = rows.indices(self.out_features)
+        block = self._layout[1]
+        if step == 1 and start % block == 0 and (stop % block == 0 or stop == self.out_features):
+            return _from_kernel(self.weight[start:stop], *self._layout)  # the blocks are independent
+        return _from_kernel(self.weight, *self._layout)[rows]
 
     def dequantize(self, dtype: torch.dtype = torch.float32, rows: slice = slice(None)) -> torch.Tensor:
         """The float weight (n, K) this layer multiplies by."""
-        q = _codes(self.portable_weight()[rows]).to(dtype)  # (n, K)
+        q = _codes(self.portable_weight(rows)).to(dtype)  # (n, K)
+        n = q.shape[0]
         sz = self.scales_and_zeros[:, rows].to(dtype)  # (G, n, 2)
-        scale, zero = sz[..., 0].t().repeat_interleave(self.group_size, 1), sz[..., 1].t()  # (n, K), (n, G)
-        return (q - 8) * scale + zero.repeat_interleave(self.group_size, 1)
+        scale, zero = sz[..., 0].t()[..., None], sz[..., 1].t()[..., None]  # (n, G, 1) each
+        return ((q.view(n, -1, self.group_size) - 8) * scale + zero).view(n, self.in_features)  # (n, K)
 
     def pack(self) -> None:
         """Put ``weight`` in this CPU's kernel layout (in place, idempotent; done on first CPU forward). A weight

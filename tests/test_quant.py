@@ -143,6 +143,25 @@ def test_int4_layout_round_trip():
     assert torch.equal(quant._from_kernel(packed, *layout), portable)
 
 
+
+@pytest.mark.parametrize("layout", [None, ("halves", 32), ("halves", 64), ("pairs", 16)])
+def test_int4_dequantize_by_blocks(layout):
+    """The dense path dequantizes a block of output rows at a time: from a weight held in a kernel layout it
+    converts only that block (it once converted the whole matrix per block), and every block, the tail included,
+    equals the same rows dequantized from the portable weight by the formula w = (q - 8) * scale + zero."""
+    torch.manual_seed(0)
+    q = quant.Int4Linear.from_linear(nn.Linear(64, 144, bias=False), 32)  # 144 rows: a tail after 32/64 blocks
+    codes = quant._codes(q.weight).float()  # (144, 64), portable
+    sz = q.scales_and_zeros.float()  # (G, 144, 2)
+    want = (codes - 8) * sz[..., 0].t().repeat_interleave(32, 1) + sz[..., 1].t().repeat_interleave(32, 1)
+    if layout is not None:
+        q.weight = quant._to_kernel(q.weight, *layout)
+        q.hold_layout(layout)
+    for rows in (slice(0, 64), slice(64, 128), slice(128, 144), slice(16, 40), slice(None)):
+        assert torch.equal(q.dequantize(torch.float32, rows), want[rows]), rows
+    x = torch.randn(5, 64)
+    assert _rel(quant._dense_matmul(q, x), x @ want.t()) < 1e-6
+
 @pytest.mark.parametrize("mode", quant.MODES)
 def test_no_warnings_and_lora_skipped(mode):
     torch.manual_seed(0)
