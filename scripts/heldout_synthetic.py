@@ -25,13 +25,15 @@ from __future__ import annotations
 import argparse
 import json
 import wave
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from train_synthetic import SENTENCES, speak
 
-SEED = 16  # noise seed (GitHub issue 16); each clip's generator is seeded with (SEED, condition, sentence)
+SEED = 16  # noise seed (GitHub issue 16); each clip's generator is seeded with (SEED, crc32 of the condition's
+# name, sentence): a condition's clips are the same in every set (its file names are shared across sets)
 INT16_MAX = 32767
 
 
@@ -87,7 +89,7 @@ def make_set(work: Path, conditions: list[Condition], name: str) -> Path:
     audio = work / "audio"
     audio.mkdir(parents=True, exist_ok=True)
     lines = []
-    for c, cond in enumerate(conditions):
+    for cond in conditions:
         for i, text in enumerate(SENTENCES):
             wav = audio / f"{cond.name}_{i:02d}.wav"
             if not wav.exists():
@@ -95,7 +97,7 @@ def make_set(work: Path, conditions: list[Condition], name: str) -> Path:
                 if not clean.exists():
                     speak(text, cond.voice, cond.rate, clean)
                 if cond.snr_db is not None:
-                    rng = np.random.default_rng([SEED, c, i])
+                    rng = np.random.default_rng([SEED, zlib.crc32(cond.name.encode()), i])
                     write_wav(wav, add_noise(read_wav(clean), cond.snr_db, rng))
             lines.append(json.dumps({"audio_filepath": f"audio/{wav.name}", "text": text, "voice": cond.voice,
                                      "rate": cond.rate, "snr_db": cond.snr_db, "condition": cond.name}))
