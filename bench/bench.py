@@ -216,21 +216,24 @@ def _without_ids(x):
     return x
 
 
-def quantized_dir(args, spec: dict) -> Path:
+def quantized_dir(args, spec: dict, trained: bool = False) -> Path:
     """The pre-quantized directory for ``spec`` (``nemo-lite quantize`` options) in ``--quant-dir``: written once
-    (its time kept in ``quantize.json`` beside it), reused while its source is the same file (path and size)."""
+    (its time kept in ``quantize.json`` beside it), reused while its source is the same file (path and size).
+    ``trained``: of ``--trained-ckpt`` (the WER runs), in ``--quant-dir``/trained so the two never overwrite."""
     spec = {"embedding": "narrow", "encoder": "narrow", **spec}
-    out = Path(args.quant_dir) / f"{spec['mode']}-emb_{spec['embedding']}-enc_{spec['encoder']}"
-    src = Path(args.ckpt).resolve() / "model.safetensors"
+    ckpt, llm_path = (args.trained_ckpt, args.trained_llm_path) if trained else (args.ckpt, args.llm_path)
+    base = Path(args.quant_dir) / "trained" if trained else Path(args.quant_dir)
+    out = base / f"{spec['mode']}-emb_{spec['embedding']}-enc_{spec['encoder']}"
+    src = Path(ckpt).resolve() / "model.safetensors"
     cfg_file = out / "nemo_lite_quant.json"
     if cfg_file.is_file():
         source = json.loads(cfg_file.read_text())["source"]
         if source["path"] == str(src.parent) and source["bytes"] == src.stat().st_size:
             return out
-    cmd = [sys.executable, "-m", "nemo_lite.cli", "quantize", str(args.ckpt), "--mode", spec["mode"], "--out", str(out),
+    cmd = [sys.executable, "-m", "nemo_lite.cli", "quantize", str(ckpt), "--mode", spec["mode"], "--out", str(out),
            "--embedding", spec["embedding"], "--encoder", spec["encoder"], "--threads", str(args.threads)]
-    if args.llm_path:
-        cmd += ["--llm-path", args.llm_path]
+    if llm_path:
+        cmd += ["--llm-path", llm_path]
     print(f"[bench] {' '.join(cmd[3:])} ...", end=" ", flush=True, file=sys.stderr)
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -352,10 +355,13 @@ def quality_runs(args, work: Path, log_dir: Path) -> tuple[list[dict], list[str]
             "audio_npz": str(npz), "max_new_tokens": args.quality_max_new_tokens, "batch": args.batch[0],
             "threads": args.threads, "omp_wait_policy": args.omp_wait_policy, "fidelity_dir": str(fid_dir)}
     runs = []
-    for mode in [m for m in args.modes if "prequant" not in MODES[m]]:  # pre-quantized: the speed runs only
+    for mode in args.modes:
         role = None if "exact" not in args.modes else ("reference" if mode == "exact" else "compare")
-        runs.append(run_worker(sys.executable, {**base, "system": "nemo_lite", "mode": mode, "kwargs": MODES[mode],
-                                                "fidelity_role": role}, work, log_dir))
+        job = {**base, "system": "nemo_lite", "mode": mode, "kwargs": MODES[mode], "fidelity_role": role}
+        if "prequant" in MODES[mode]:  # a directory quantized from the trained checkpoint, loaded as a user would
+            job.update(ckpt=str(quantized_dir(args, MODES[mode]["prequant"], trained=True)), llm_path=None,
+                       kwargs={})
+        runs.append(run_worker(sys.executable, job, work, log_dir))
     return runs, refs, sum(len(a) for a in arrays) / SAMPLE_RATE
 
 

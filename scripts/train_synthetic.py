@@ -138,6 +138,14 @@ MAX_NEW_TOKENS = 16  # per clip in the WER runs: the longest sentence has 6 toke
 COMMON = {"batch_size": 8, "grad_accum": 1, "min_lr_ratio": 0.1, "seed": 0, "save_every": 0, "log_every": 1}
 
 
+def speak(text: str, voice: str, rate: int, wav: Path) -> None:
+    """``text`` spoken by espeak-ng ``voice`` at ``rate`` words a minute, as 16 kHz mono 16-bit ``wav`` (sox;
+    ``-R`` seeds sox's dither, which otherwise changes the low bits from run to run)."""
+    raw = Path(tempfile.mkdtemp()) / "raw.wav"
+    subprocess.run(["espeak-ng", "-v", voice, "-s", str(rate), "-w", str(raw), text], check=True)
+    subprocess.run(["sox", "-R", str(raw), "-r", "16000", "-c", "1", "-b", "16", str(wav)], check=True)
+
+
 def make_dataset(root: Path) -> Path:
     """espeak-ng speech of every sentence in every voice, 16 kHz mono 16-bit wav, and ``train.jsonl``."""
     audio = root / "audio"
@@ -147,9 +155,7 @@ def make_dataset(root: Path) -> Path:
         for i, text in enumerate(SENTENCES):
             wav = audio / f"{voice}_{i:02d}.wav"
             if not wav.exists():
-                raw = Path(tempfile.mkdtemp()) / "raw.wav"
-                subprocess.run(["espeak-ng", "-v", voice, "-s", str(150 + 10 * v), "-w", str(raw), text], check=True)
-                subprocess.run(["sox", str(raw), "-r", "16000", "-c", "1", "-b", "16", str(wav)], check=True)
+                speak(text, voice, 150 + 10 * v, wav)
             lines.append(json.dumps({"audio_filepath": f"audio/{wav.name}", "text": text}))
     manifest = root / "train.jsonl"
     manifest.write_text("\n".join(lines) + "\n")
