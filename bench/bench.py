@@ -529,7 +529,7 @@ def speed_table(runs: list[dict], batches: list[int]) -> list[str]:
              "load avg"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in runs:
-        d, fid = r["derived"], r.get("fidelity", {})
+        d, fid = r["derived"], r.get("fidelity") or {}
         imp = (f"{r['import_pkg_s']:.2f} / {r['import_s']:.2f}" if "import_pkg_s" in r else f"{r['import_s']:.2f}")
         name = f"NeMo 3.0.0 ({r['mode']})" if r["system"] == "nemo" else f"nemo_lite {r['mode']}"
         cells = [name, imp, f"{r['load_s']:.1f}", f"{d['load_rss_gb']:.2f} / {d['peak_rss_gb']:.2f}"]
@@ -628,7 +628,7 @@ def quality_table(runs: list[dict], refs: list[str]) -> list[str]:
     exact = next((r for r in runs if r["mode"] == "exact"), None)
     lines = ["| mode | WER | top-1 vs exact | KL vs exact | same text as exact |", "|---|---|---|---|---|"]
     for r in runs:
-        fid = r.get("fidelity", {})
+        fid = r.get("fidelity") or {}
         same = None if exact is None else sum(a == b for a, b in zip(r["texts"], exact["texts"], strict=True))
         presets = preset_names(r["mode"]) if r["mode"] in MODES else []
         name = r["mode"] + (f" (preset {', '.join(presets)})" if presets else "")

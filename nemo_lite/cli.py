@@ -431,6 +431,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """``nemo-lite COMMAND ...``: the command's exit code (:mod:`nemo_lite.terminal`)."""
+    from .runtime import prefer_passive_waits
+
+    prefer_passive_waits()  # before anything imports torch (its OpenMP reads the policy once, when it loads)
     args = build_parser().parse_args(argv)
     if getattr(args, "batch_size", None) is not None and args.batch_size < 1:
         say("--batch-size must be >= 1")

@@ -267,6 +267,27 @@ def test_threads_flag_and_default_rule(monkeypatch):
         torch.set_num_threads(before)
 
 
+def test_cli_asks_openmp_for_passive_waits(monkeypatch):
+    """The command sets OMP_WAIT_POLICY=PASSIVE before torch loads in its process (spinning waits made a decoding
+    step 7x slower beside another busy process), and keeps a value the user set."""
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+    code = ("import os, sys; from nemo_lite import cli; sys.argv = ['nemo-lite', '--help']\n"
+            "try:\n    cli.main()\nexcept SystemExit:\n    pass\n"
+            "assert 'torch' not in sys.modules, 'torch was imported before the policy was set'\n"
+            "print(os.environ['OMP_WAIT_POLICY'])")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "PASSIVE"
+
+
 def test_bad_threads_value_is_a_setup_error(tmp_path, capsys):
     code, _, err = run(["transcribe", str(EXAMPLE), "--threads", "-2", "--model", "unused"], capsys)
     assert code == EXIT_SETUP and "--threads must be >= 0" in err
