@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -338,7 +339,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     info = cpu_info()
     print(describe())
-    print(f"torch {torch.__version__}; CUDA: {torch.cuda.is_available()}; threads: {torch.get_num_threads()}")
+    print(f"torch {torch.__version__}; CUDA: {torch.cuda.is_available()}; threads: {torch.get_num_threads()}; "
+          f"OpenMP waits: {os.environ.get('OMP_WAIT_POLICY', 'unset (spinning)')}")
     print(f"chosen for --dtype bf16 on cpu: {compute_plan('bf16', 'cpu', info).describe()}")
     print(f"chosen for --quantize int8/int4: int4, and int8 up to {PACKED_MAX_ROWS} rows, in torch's packed kernels "
           "(activations rounded to bf16, weights widened in registers, fp32 sums); int8 above that: weights "

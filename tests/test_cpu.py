@@ -94,9 +94,11 @@ def test_narrow_linear_blocks_equal_one_fp32_product(n_out, n_in, rows):
 ])
 def test_info_prints_detected_and_chosen(monkeypatch, capsys, info, chosen):
     monkeypatch.setattr(cpu, "cpu_info", lambda: info)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     assert main(["info"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("Fake CPU (x86_64, 2 cores, torch AVX2): avx2 fma")
+    assert "; OpenMP waits: PASSIVE" in lines[1]  # the command asks for sleeping waits unless the user set a policy
     assert any(line.startswith(chosen) for line in lines)
     assert any(line.startswith("chosen for --quantize int8/int4:") for line in lines)
     assert lines[-1].startswith("advice: ")
