@@ -4,6 +4,7 @@ tests/fixtures/tiny (made by scripts/make_parity_fixtures.py)."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from nemo_lite import testing
+
+# Quantized loads would otherwise write the quantization cache under ~/.cache (nemo_lite.quantize); the tests that
+# exercise it point it at a temporary directory. Set here, at import, so CLI subprocesses inherit it too.
+os.environ["NEMO_LITE_QUANT_CACHE"] = "off"
 
 ROOT = Path(__file__).resolve().parent
 DATA = ROOT / "data"

@@ -4,7 +4,9 @@ with no quantization work, and strict about every damaged, missing or mistyped t
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -230,3 +232,72 @@ def test_directory_tokenizer_matches_the_llms_own(int8_dir, tiny_model):
             assert got.tokenizer.decode(ids, skip_special_tokens=skip) == want.tokenizer.decode(
                 ids, skip_special_tokens=skip)
     assert torch.equal(got.prompt_ids(got.asr_prompt()), want.prompt_ids(want.asr_prompt()))
+
+
+# ---------------------------------------------------------------------- the quantization cache
+def test_cache_quantizes_once_then_maps(tiny_ckpt, tmp_path, monkeypatch):
+    """A quantized load writes a cache entry (one warning saying where and how large) and later loads map it:
+    same outputs as quantizing at load, no quantization work the second time; a changed checkpoint file gets an
+    entry of its own; off means quantizing at load with nothing written."""
+    from nemo_lite import quantize
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_ckpt, ckpt)
+    monkeypatch.setenv(quantize.CACHE_ENV, "off")
+    want = _outputs(CanaryQwen.from_pretrained(ckpt, quantize="int8"))
+    root = tmp_path / "cache"
+    assert not root.exists()
+
+    monkeypatch.setenv(quantize.CACHE_ENV, str(root))
+    with pytest.warns(quantize.QuantCacheWarning, match=r"cached it in .*GB\); later loads map it"):
+        first = CanaryQwen.from_pretrained(ckpt, quantize="int8")
+    entries = [p for p in root.iterdir()]
+    assert len(entries) == 1 and (entries[0] / QUANT_CONFIG).is_file()  # no temporary directory left behind
+    for got, ref in zip(_outputs(first), want, strict=True):
+        assert (torch.equal(got, ref) if isinstance(got, torch.Tensor) else got == ref)
+
+    def no_quantizing(*args, **kwargs):
+        raise AssertionError("quantized again although the cache holds this checkpoint")
+
+    monkeypatch.setattr(quantize, "quantize_checkpoint", no_quantizing)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = CanaryQwen.from_pretrained(ckpt, quantize="int8")
+    for got, ref in zip(_outputs(again), want, strict=True):
+        assert (torch.equal(got, ref) if isinstance(got, torch.Tensor) else got == ref)
+    assert isinstance(base_causal_lm(again.llm).get_input_embeddings(), NarrowEmbedding)  # mapped holdings
+
+    monkeypatch.undo()
+    monkeypatch.setenv(quantize.CACHE_ENV, str(root))
+    weights = ckpt / "model.safetensors"
+    st = weights.stat()
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # the checkpoint was replaced
+    with pytest.warns(quantize.QuantCacheWarning, match="cached it in"):
+        CanaryQwen.from_pretrained(ckpt, quantize="int8")
+    assert len(list(root.iterdir())) == 2
+
+
+def test_cache_damaged_or_unwritable(tiny_ckpt, tmp_path, monkeypatch):
+    """A damaged entry is written again (with a warning); a cache that cannot be written leaves the load working,
+    quantized at load, with one warning naming the place."""
+    from nemo_lite import quantize
+
+    root = tmp_path / "cache"
+    monkeypatch.setenv(quantize.CACHE_ENV, str(root))
+    with pytest.warns(quantize.QuantCacheWarning):
+        CanaryQwen.from_pretrained(tiny_ckpt, quantize="int4")
+    (entry,) = root.iterdir()
+    shard = next(entry.glob("model*.safetensors"))
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])  # truncated
+    with pytest.warns(quantize.QuantCacheWarning, match="damaged") as caught:
+        model = CanaryQwen.from_pretrained(tiny_ckpt, quantize="int4")
+    assert any("cached it in" in str(w.message) for w in caught)  # and written again
+    assert model.generate(audios=AUDIO, max_new_tokens=2)
+
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("x")
+    monkeypatch.setenv(quantize.CACHE_ENV, str(blocker / "cache"))
+    with pytest.warns(quantize.QuantCacheWarning, match=r"cannot cache the int8 weights in .*quantizing at load"):
+        model = CanaryQwen.from_pretrained(tiny_ckpt, quantize="int8")
+    assert isinstance(base_causal_lm(model.llm).lm_head, quant.Int8Linear)
+    assert not quantize.cacheable(model.options.__class__(quantize="int8", compact_encoder=True))
