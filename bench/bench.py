@@ -189,7 +189,8 @@ def run_worker(python: str, job: dict, work: Path, log_dir: Path) -> dict:
     job_path.write_text(json.dumps(job))
     threads = str(job["threads"])
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "HF_HUB_OFFLINE": "1",
-           "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+           "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "NEMO_LITE_QUANT_CACHE": "off"}  # "quantized at load" modes quantize at load in every round
     if job["omp_wait_policy"] != "default":
         env["OMP_WAIT_POLICY"] = job["omp_wait_policy"]
     print(f"[bench] {name} ...", end=" ", flush=True, file=sys.stderr)
