@@ -115,9 +115,7 @@ class CanaryQwen(SpeechLM):
         opts = load_options(options, device=device, dtype=dtype, **overrides)
         if prequant.is_quantized_dir(name_or_path):  # `nemo-lite quantize` output: memory-mapped, nothing to do
             return prequant.load_quantized(cls, Path(name_or_path).expanduser(), opts, llm_path)
-        from .quantize import from_cache
-
-        if (cached := from_cache(cls, name_or_path, opts, llm_path)) is not None:  # quantized once, then mapped
+        if (cached := prequant.from_cache(cls, name_or_path, opts, llm_path)) is not None:  # quantized once, mapped
             return cached
         device = check_device(opts.torch_device)
         # Weights are read in the at-rest dtype where the plan has one (bf16 without native bf16 compute) and

@@ -5,9 +5,11 @@ without knowing which options exclude which:
 
 - ``"exact"`` (the CPU default): NeMo's fp32 compute, identical greedy ids;
 - ``"fast-cpu"``: the fastest CPU mode within 0.5 WER points of exact on a trained model (int8 LLM linear layers;
-  README, Performance). On the trained tiny Canary-Qwen every mode qualifies (docs/quant.md); at full size on this
-  project's AVX2 CPU int4 was faster at batch 1 (28.8 vs 33.9 s for a 5 s clip) and int8 at the CPU's default
-  batch of 8 (218 vs 258 s), with 1/100 of int4's KL, so the preset stays int8;
+  README, Performance). On the trained tiny Canary-Qwen every mode qualifies (docs/quant.md, held-out set too); at
+  full size on this project's AVX2 CPU (session 7, best of two quiet rounds) int8 was faster on a 20 s clip (21.6
+  vs 26.0 s) and at batch 8 (110.8 vs 126.7 s), int4 by 0.9 s on a 5 s clip, with 1/100 of int4's KL, so the preset
+  stays int8. The first such load of a checkpoint caches the quantized weights and later ones map them
+  (:func:`nemo_lite.prequant.from_cache`);
 - ``"gpu"``: CUDA in bf16.
 
 ``from_pretrained(path, options="fast-cpu")`` takes a preset name or a :class:`LoadOptions`; keyword arguments

@@ -239,7 +239,7 @@ def test_cache_quantizes_once_then_maps(tiny_ckpt, tmp_path, monkeypatch):
     """A quantized load writes a cache entry (one warning saying where and how large) and later loads map it:
     same outputs as quantizing at load, no quantization work the second time; a changed checkpoint file gets an
     entry of its own; off means quantizing at load with nothing written."""
-    from nemo_lite import quantize
+    from nemo_lite import prequant as quantize
 
     ckpt = tmp_path / "ckpt"
     shutil.copytree(tiny_ckpt, ckpt)
@@ -259,7 +259,7 @@ def test_cache_quantizes_once_then_maps(tiny_ckpt, tmp_path, monkeypatch):
     def no_quantizing(*args, **kwargs):
         raise AssertionError("quantized again although the cache holds this checkpoint")
 
-    monkeypatch.setattr(quantize, "quantize_checkpoint", no_quantizing)
+    monkeypatch.setattr(quantize, "write_quantized", no_quantizing)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         again = CanaryQwen.from_pretrained(ckpt, quantize="int8")
@@ -280,7 +280,7 @@ def test_cache_quantizes_once_then_maps(tiny_ckpt, tmp_path, monkeypatch):
 def test_cache_damaged_or_unwritable(tiny_ckpt, tmp_path, monkeypatch):
     """A damaged entry is written again (with a warning); a cache that cannot be written leaves the load working,
     quantized at load, with one warning naming the place."""
-    from nemo_lite import quantize
+    from nemo_lite import prequant as quantize
 
     root = tmp_path / "cache"
     monkeypatch.setenv(quantize.CACHE_ENV, str(root))
