@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import wave
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 from train_synthetic import SENTENCES, speak
 
 SEED = 16  # noise seed (GitHub issue 16); each clip's generator is seeded with (SEED, crc32 of the condition's
@@ -62,20 +62,6 @@ SETS = {
 }
 
 
-def read_wav(path: Path) -> np.ndarray:
-    """16-bit mono wav -> int16 samples."""
-    with wave.open(str(path)) as w:
-        return np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
-
-
-def write_wav(path: Path, samples: np.ndarray, rate: int = 16000) -> None:
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(samples.astype(np.int16).tobytes())
-
-
 def add_noise(samples: np.ndarray, snr_db: float, rng: np.random.Generator) -> np.ndarray:
     """White Gaussian noise at ``snr_db`` below the clip's mean power (whole clip, silences included)."""
     x = samples.astype(np.float64)
@@ -98,7 +84,8 @@ def make_set(work: Path, conditions: list[Condition], name: str) -> Path:
                     speak(text, cond.voice, cond.rate, clean)
                 if cond.snr_db is not None:
                     rng = np.random.default_rng([SEED, zlib.crc32(cond.name.encode()), i])
-                    write_wav(wav, add_noise(read_wav(clean), cond.snr_db, rng))
+                    noisy = add_noise(sf.read(clean, dtype="int16")[0], cond.snr_db, rng)
+                    sf.write(wav, noisy, 16000, subtype="PCM_16")
             lines.append(json.dumps({"audio_filepath": f"audio/{wav.name}", "text": text, "voice": cond.voice,
                                      "rate": cond.rate, "snr_db": cond.snr_db, "condition": cond.name}))
     manifest = work / f"{name}.jsonl"

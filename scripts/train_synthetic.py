@@ -141,9 +141,10 @@ COMMON = {"batch_size": 8, "grad_accum": 1, "min_lr_ratio": 0.1, "seed": 0, "sav
 def speak(text: str, voice: str, rate: int, wav: Path) -> None:
     """``text`` spoken by espeak-ng ``voice`` at ``rate`` words a minute, as 16 kHz mono 16-bit ``wav`` (sox;
     ``-R`` seeds sox's dither, which otherwise changes the low bits from run to run)."""
-    raw = Path(tempfile.mkdtemp()) / "raw.wav"
-    subprocess.run(["espeak-ng", "-v", voice, "-s", str(rate), "-w", str(raw), text], check=True)
-    subprocess.run(["sox", "-R", str(raw), "-r", "16000", "-c", "1", "-b", "16", str(wav)], check=True)
+    with tempfile.TemporaryDirectory() as tmp:  # espeak-ng's 22 kHz output, removed once resampled
+        raw = Path(tmp) / "raw.wav"
+        subprocess.run(["espeak-ng", "-v", voice, "-s", str(rate), "-w", str(raw), text], check=True)
+        subprocess.run(["sox", "-R", str(raw), "-r", "16000", "-c", "1", "-b", "16", str(wav)], check=True)
 
 
 def make_dataset(root: Path) -> Path:
