@@ -3,7 +3,6 @@ a pre-quantized directory (:mod:`nemo_lite.prequant`: the format, its loading) t
 every ``--model DIR`` memory-map in about a second.
 
 Argument parsing imports nothing heavy (the CLI's ``--help`` stays fast); the work imports torch when it runs.
-
 """
 
 from __future__ import annotations
